@@ -1,0 +1,61 @@
+# Entry points: make calibrate | run | submission | check-submission | test | bench-*
+# The virtual environment is created on first use, so a fresh clone needs no manual step.
+SHELL := /bin/bash
+PYTHON_SYS ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+
+WORKLOAD ?= mobilenetv2
+SCENARIO ?= Offline
+MODE ?= both
+PROFILE ?= smoke
+# The shared sample images, when they sit beside the checkout (development and CI).
+IMAGENET_SAMPLES_DIR ?= $(wildcard $(abspath ../shared/data/imagenet-samples))
+export IMAGENET_SAMPLES_DIR
+
+OVERRIDES := $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(RANGE),--range $(RANGE)) \
+             $(if $(TECHNIQUES),--techniques $(TECHNIQUES))
+
+.PHONY: venv data calibrate run results submission check-submission test lint bench-calibration bench-techniques bench-harness
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+data: $(STAMP)
+	$(PY) -m harness.cli data
+
+calibrate: $(STAMP)
+	$(PY) -m harness.cli calibrate --workload $(WORKLOAD) $(OVERRIDES)
+
+run: $(STAMP)
+	$(PY) -m harness.cli run --workload $(WORKLOAD) --scenario $(SCENARIO) --mode $(MODE) --profile $(PROFILE) $(OVERRIDES)
+
+results: $(STAMP)
+	$(PY) -m harness.cli results
+
+submission: $(STAMP)
+	$(PY) -m harness.cli submission --workload $(WORKLOAD) --profile $(PROFILE)
+
+check-submission: $(STAMP)
+	$(PY) -m harness.cli check-submission
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+bench-calibration: $(STAMP)
+	$(PY) benchmarks/calibration.py
+
+bench-techniques: $(STAMP)
+	$(PY) benchmarks/techniques.py
+
+bench-harness: $(STAMP)
+	$(PY) benchmarks/harness_overhead.py
