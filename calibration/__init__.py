@@ -1,0 +1,1 @@
+"""Int8 post-training calibration: model import, BN folding, CLE, profiling, encodings, QDQ export."""

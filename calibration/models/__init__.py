@@ -1,0 +1,1 @@
+"""Float ONNX models built from numpy state dicts (no PyTorch needed)."""

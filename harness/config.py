@@ -1,0 +1,228 @@
+"""Workload YAML schema: dataclasses, validated once at the boundary, unknown keys rejected.
+
+Every mistake is reported as one ``WorkloadError`` line naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from calibration.errors import WorkloadError
+
+WeightGranularity = Literal["per-channel", "per-tensor"]
+RangeMethod = Literal["minmax", "mean_minmax", "percentile", "mse", "entropy"]
+
+# Every technique step a workload may name, with the options it accepts (None: no option).
+TECHNIQUE_OPTIONS: dict[str, tuple[str | None, ...]] = {
+    "fold_bn": (None,),
+    "profile": (None,),
+}
+
+
+@dataclass(frozen=True)
+class TechniqueStep:
+    name: str
+    option: str | None = None
+
+    def __str__(self) -> str:
+        return self.name if self.option is None else f"{self.name}:{self.option}"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    source: Literal["pypi-checkpoint", "onnx-file"]
+    num_classes: int
+    architecture: Literal["mobilenetv2", "efficientnet-lite0", "none"] = "none"
+    package: str = ""
+    version: str = ""
+    wheel_sha256: str = ""
+    checkpoint: str = ""
+    path: str = ""
+    url: str = ""
+    sha256: str = ""
+    input_name: str = "input"
+    output_name: str = "logits"
+    label_offset: int = 0
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    color: Literal["rgb", "bgr"] = "rgb"
+    resize_shorter: int = 256
+    interpolation: Literal["bilinear", "area", "bicubic"] = "bilinear"
+    crop: int = 224
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    images: str = "data/imagenet-samples"
+    val_map: str = ""  # empty: derive labels from <wnid>_<name> file names
+    calibration_list: str = ""  # empty: the images at even positions of the sorted file list
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    techniques: tuple[TechniqueStep, ...] = (TechniqueStep("fold_bn"), TechniqueStep("profile"))
+    weights: WeightGranularity = "per-channel"
+    range: RangeMethod = "mean_minmax"
+    percentile: float = 99.99
+    histogram_bins: int = 2048
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class AccuracyConfig:
+    target_ratio: float = 0.99
+
+
+@dataclass(frozen=True)
+class WorkloadConfig:
+    name: str
+    model: ModelConfig
+    preprocessing: PreprocessConfig = field(default_factory=PreprocessConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    accuracy: AccuracyConfig = field(default_factory=AccuracyConfig)
+    description: str = ""
+    source_path: str = ""
+
+
+def parse_technique(entry: Any, where: str) -> TechniqueStep:
+    """A step is ``name``, ``name:option`` or a one-key mapping ``{name: option}``."""
+    if isinstance(entry, dict) and len(entry) == 1:
+        name, option = next(iter(entry.items()))
+    elif isinstance(entry, str):
+        name, _, option = entry.partition(":")
+        option = option or None
+    else:
+        raise WorkloadError(f"{where}: a technique must be a name or a one-key mapping, got {entry!r}")
+    name = str(name).strip()
+    option = None if option is None else str(option).strip()
+    if name not in TECHNIQUE_OPTIONS:
+        raise WorkloadError(f"{where}: unknown technique '{name}' (known: {', '.join(TECHNIQUE_OPTIONS)})")
+    if option not in TECHNIQUE_OPTIONS[name]:
+        allowed = ", ".join(str(o) for o in TECHNIQUE_OPTIONS[name] if o is not None) or "none"
+        raise WorkloadError(f"{where}: technique '{name}' does not take option '{option}' (options: {allowed})")
+    return TechniqueStep(name, option)
+
+
+def _convert(value: Any, annotation: Any, where: str) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if dataclasses.is_dataclass(annotation):
+        return _build(annotation, value, where)
+    if annotation is TechniqueStep:
+        return parse_technique(value, where)
+    if origin is Literal:
+        if value not in args:
+            raise WorkloadError(f"{where}: must be one of {', '.join(map(str, args))}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            if arg is type(None) and value is None:
+                return None
+        return _convert(value, next(a for a in args if a is not type(None)), where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise WorkloadError(f"{where}: must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise WorkloadError(f"{where}: must have {len(args)} entries, got {len(value)}")
+        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise WorkloadError(f"{where}: must be a number, got {value!r}")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise WorkloadError(f"{where}: must be an integer, got {value!r}")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise WorkloadError(f"{where}: must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {annotation!r}")  # a schema bug, not a user error
+
+
+def _build(cls: Any, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise WorkloadError(f"{where}: must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise WorkloadError(f"{where}: unknown key '{unknown[0]}' (allowed: {', '.join(fields)})")
+    kwargs = {}
+    for name, spec in fields.items():
+        if name in data:
+            kwargs[name] = _convert(data[name], hints[name], f"{where}.{name}")
+        elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+            raise WorkloadError(f"{where}: missing required key '{name}'")
+    return cls(**kwargs)
+
+
+def _check(config: WorkloadConfig, where: str) -> None:
+    cal = config.calibration
+    if cal.batch_size < 1:
+        raise WorkloadError(f"{where}: calibration.batch_size must be at least 1")
+    if cal.histogram_bins < 256:
+        raise WorkloadError(f"{where}: calibration.histogram_bins must be at least 256")
+    if not 50.0 < cal.percentile <= 100.0:
+        raise WorkloadError(f"{where}: calibration.percentile must lie in (50, 100]")
+    if config.model.num_classes < 2:
+        raise WorkloadError(f"{where}: model.num_classes must be at least 2")
+    if config.model.source == "pypi-checkpoint" and not all(
+        (config.model.package, config.model.version, config.model.wheel_sha256, config.model.checkpoint)
+    ):
+        raise WorkloadError(f"{where}: a pypi-checkpoint model needs package, version, wheel_sha256, checkpoint")
+    if config.model.source == "onnx-file" and not config.model.path:
+        raise WorkloadError(f"{where}: an onnx-file model needs a path")
+    if any(s <= 0 for s in config.preprocessing.std) or config.preprocessing.crop > config.preprocessing.resize_shorter:
+        raise WorkloadError(f"{where}: preprocessing needs positive std and crop <= resize_shorter")
+
+
+def workload_from_dict(data: Any, where: str) -> WorkloadConfig:
+    config = _build(WorkloadConfig, data, where)
+    _check(config, where)
+    return dataclasses.replace(config, source_path=where)
+
+
+def load_workload(path: Path) -> WorkloadConfig:
+    """Read and validate a workload YAML (``safe_load`` only)."""
+    if not path.is_file():
+        raise WorkloadError(f"{path}: workload file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise WorkloadError(f"{path}: malformed YAML{at}: {getattr(err, 'problem', err)}") from err
+    return workload_from_dict(data, str(path))
+
+
+def with_overrides(config: WorkloadConfig, weights: str | None = None, range_method: str | None = None,
+                   techniques: str | None = None) -> WorkloadConfig:
+    """Apply the command line's WEIGHTS=, RANGE= and TECHNIQUES= on top of the YAML."""
+    cal = config.calibration
+    changes: dict[str, Any] = {}
+    if weights:
+        changes["weights"] = _convert(weights, WeightGranularity, "WEIGHTS")
+    if range_method:
+        changes["range"] = _convert(range_method, RangeMethod, "RANGE")
+    if techniques:
+        items = [t for t in techniques.split(",") if t.strip()]
+        if not items:
+            raise WorkloadError("TECHNIQUES: empty list")
+        changes["techniques"] = tuple(parse_technique(t, "TECHNIQUES") for t in items)
+    return dataclasses.replace(config, calibration=dataclasses.replace(cal, **changes)) if changes else config

@@ -1,0 +1,192 @@
+"""ImageNet in MLPerf's layout: a folder of images, ``val_map.txt`` labels, calibration lists,
+OpenCV preprocessing per workload, and a preprocessed-tensor cache keyed by a hash of the settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from calibration.errors import DataError
+from harness.config import PreprocessConfig
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+SAMPLE_NAME = re.compile(r"^(n\d{8})_.+$")
+INTERPOLATIONS = {"bilinear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "bicubic": cv2.INTER_CUBIC}
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    name: str  # relative to the dataset folder, as in val_map.txt
+    label: int
+
+
+def resolve_entry(folder: Path, entry: str, source: Path | str) -> Path:
+    """Resolve a list entry inside ``folder``; anything that escapes it is an error."""
+    root = folder.resolve()
+    path = (root / entry).resolve()
+    if Path(entry).is_absolute() or not path.is_relative_to(root):
+        raise DataError(f"{source}: entry '{entry}' escapes the dataset folder {folder}")
+    return path
+
+
+def _image_files(folder: Path) -> list[str]:
+    if not folder.is_dir():
+        raise DataError(f"{folder}: dataset folder not found")
+    return sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def derive_val_map(folder: Path) -> list[ImageRecord]:
+    """Label ``<wnid>_<name>.JPEG`` files by the position of their wnid in the sorted wnid list."""
+    names = _image_files(folder)
+    if not names:
+        raise DataError(f"{folder}: no images found")
+    wnids = []
+    for name in names:
+        match = SAMPLE_NAME.match(Path(name).stem)
+        if not match:
+            raise DataError(f"{folder / name}: file name is not <wnid>_<name>; give the workload a val_map")
+        wnids.append(match.group(1))
+    index = {wnid: i for i, wnid in enumerate(sorted(set(wnids)))}
+    return [ImageRecord(name, index[wnid]) for name, wnid in zip(names, wnids)]
+
+
+def read_val_map(folder: Path, val_map: Path, num_classes: int) -> list[ImageRecord]:
+    """Read MLPerf's ``<file> <label>`` lines; each file must exist inside ``folder``."""
+    if not val_map.is_file():
+        raise DataError(f"{val_map}: label map not found")
+    records = []
+    for number, line in enumerate(val_map.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not re.fullmatch(r"-?\d+", parts[1]):
+            raise DataError(f"{val_map}:{number}: expected '<file> <label>', got '{line.strip()}'")
+        label = int(parts[1])
+        if not 0 <= label < num_classes:
+            raise DataError(f"{val_map}:{number}: label {label} out of range 0..{num_classes - 1}")
+        resolve_entry(folder, parts[0], f"{val_map}:{number}")
+        records.append(ImageRecord(parts[0], label))
+    if not records:
+        raise DataError(f"{val_map}: empty label map")
+    return records
+
+
+def write_val_map(records: Sequence[ImageRecord], path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(f"{r.name} {r.label}\n" for r in records))
+    tmp.replace(path)
+
+
+def read_calibration_list(list_path: Path, folder: Path) -> list[str]:
+    """MLPerf's two formats: one file name a line (option 1), or a file name and a number (option 2)."""
+    if not list_path.is_file():
+        raise DataError(f"{list_path}: calibration list not found")
+    names = []
+    for number, line in enumerate(list_path.read_text().splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) > 2 or (len(parts) == 2 and not re.fullmatch(r"-?\d+", parts[1])):
+            raise DataError(f"{list_path}:{number}: expected '<file>' or '<file> <number>', got '{line.strip()}'")
+        resolve_entry(folder, parts[0], f"{list_path}:{number}")
+        names.append(parts[0])
+    if not names:
+        raise DataError(f"{list_path}: empty calibration list")
+    return names
+
+
+def even_positions(records: Sequence[ImageRecord]) -> list[str]:
+    """The default calibration list: the images at even positions of the sorted file list."""
+    return [r.name for r in sorted(records, key=lambda r: r.name)[::2]]
+
+
+def preprocess_image(path: Path, cfg: PreprocessConfig) -> np.ndarray:
+    """Decode, resize the shorter side, centre-crop, scale and normalise to a CHW float32 tensor."""
+    if not path.is_file():
+        raise DataError(f"{path}: image not found")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise DataError(f"{path}: cannot decode image (corrupt or not an image)")
+    if cfg.color == "rgb":
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    height, width = image.shape[:2]
+    if height > width:
+        new_w, new_h = cfg.resize_shorter, int(cfg.resize_shorter * height / width)
+    else:
+        new_w, new_h = int(cfg.resize_shorter * width / height), cfg.resize_shorter
+    image = cv2.resize(image, (new_w, new_h), interpolation=INTERPOLATIONS[cfg.interpolation])
+    top, left = (new_h - cfg.crop) // 2, (new_w - cfg.crop) // 2
+    image = image[top : top + cfg.crop, left : left + cfg.crop].astype(np.float32)
+    image = (image * np.float32(cfg.scale) - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
+    return np.ascontiguousarray(image.transpose(2, 0, 1))
+
+
+def cache_key(cfg: PreprocessConfig, folder: Path, names: Sequence[str]) -> str:
+    """Hash of the preprocessing settings and of the images' names, sizes and modification times."""
+    digest = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode())
+    for name in names:
+        stat = (folder / name).stat() if (folder / name).exists() else None
+        digest.update(f"{name}:{stat.st_size if stat else -1}:{stat.st_mtime_ns if stat else -1}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def load_tensors(folder: Path, names: Sequence[str], cfg: PreprocessConfig, cache_dir: Path,
+                 show_progress: bool = True) -> np.ndarray:
+    """Preprocessed tensors for ``names`` as a read-only memory map (N, 3, crop, crop), cached on disk."""
+    if not names:
+        raise DataError(f"{folder}: empty image list")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"tensors-{cache_key(cfg, folder, names)}.npy"
+    if not path.exists():
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
+        try:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                            shape=(len(names), 3, cfg.crop, cfg.crop))
+            for i, name in enumerate(tqdm(names, desc="preprocess", unit="img", disable=not show_progress)):
+                out[i] = preprocess_image(resolve_entry(folder, name, folder), cfg)
+            out.flush()
+            del out
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return np.load(path, mmap_mode="r")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A workload's images: evaluation records (all labelled images) and the calibration names."""
+
+    folder: Path
+    records: tuple[ImageRecord, ...]
+    calibration_names: tuple[str, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [r.name for r in self.records]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([r.label for r in self.records], dtype=np.int64)
+
+
+def open_dataset(images: Path, val_map: Path | None, calibration_list: Path | None, num_classes: int) -> Dataset:
+    """Evaluation records from ``val_map`` (or derived from sample file names) plus the calibration list."""
+    if val_map is None and (images / "val_map.txt").is_file():
+        val_map = images / "val_map.txt"
+    records = read_val_map(images, val_map, num_classes) if val_map else derive_val_map(images)
+    calibration = read_calibration_list(calibration_list, images) if calibration_list else even_positions(records)
+    return Dataset(images, tuple(records), tuple(calibration))
