@@ -190,3 +190,14 @@ def open_dataset(images: Path, val_map: Path | None, calibration_list: Path | No
     records = read_val_map(images, val_map, num_classes) if val_map else derive_val_map(images)
     calibration = read_calibration_list(calibration_list, images) if calibration_list else even_positions(records)
     return Dataset(images, tuple(records), tuple(calibration))
+
+
+def workload_dataset(images: str, val_map: str, calibration_list: str, num_classes: int, root: Path) -> Dataset:
+    """``open_dataset`` with the workload's paths resolved against the repository root."""
+
+    def resolve(p: str) -> Path | None:
+        return None if not p else (Path(p) if Path(p).is_absolute() else root / p)
+
+    folder = resolve(images)
+    assert folder is not None  # the schema's default is never empty
+    return open_dataset(folder, resolve(val_map), resolve(calibration_list), num_classes)
