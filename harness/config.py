@@ -86,6 +86,23 @@ class AccuracyConfig:
 
 
 @dataclass(frozen=True)
+class HarnessConfig:
+    """How the LoadGen harness runs the model: system name, ONNX Runtime session and batching per scenario."""
+
+    system: str = "cpu-onnxruntime"
+    mlperf_model: str = "resnet50"  # the benchmark name whose mlperf.conf entries apply
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    intra_op_threads: int = 0  # 0: ONNX Runtime's default (one per core)
+    inter_op_threads: int = 1
+    workers: int = 1  # inference threads in the SUT
+    offline_batch_size: int = 32
+    server_batch_size: int = 4
+    server_batch_timeout_ms: float = 1.0
+    server_load_factor: float = 0.5  # Server target QPS as a share of the measured batch-1 throughput
+    performance_sample_count: int = 1024  # capped by the dataset size
+
+
+@dataclass(frozen=True)
 class WorkloadConfig:
     name: str
     model: ModelConfig
@@ -93,6 +110,7 @@ class WorkloadConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     accuracy: AccuracyConfig = field(default_factory=AccuracyConfig)
+    harness: HarnessConfig = field(default_factory=HarnessConfig)
     description: str = ""
     source_path: str = ""
 
@@ -119,10 +137,10 @@ def parse_technique(entry: Any, where: str) -> TechniqueStep:
 def _convert(value: Any, annotation: Any, where: str) -> Any:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
-    if dataclasses.is_dataclass(annotation):
-        return _build(annotation, value, where)
     if annotation is TechniqueStep:
         return parse_technique(value, where)
+    if dataclasses.is_dataclass(annotation):
+        return _build(annotation, value, where)
     if origin is Literal:
         if value not in args:
             raise WorkloadError(f"{where}: must be one of {', '.join(map(str, args))}, got {value!r}")
@@ -180,6 +198,7 @@ def _check(config: WorkloadConfig, where: str) -> None:
         raise WorkloadError(f"{where}: calibration.histogram_bins must be at least 256")
     if not 50.0 < cal.percentile <= 100.0:
         raise WorkloadError(f"{where}: calibration.percentile must lie in (50, 100]")
+    _check_harness(config.harness, where)
     if config.model.num_classes < 2:
         raise WorkloadError(f"{where}: model.num_classes must be at least 2")
     if config.model.source == "pypi-checkpoint" and not all(
@@ -190,6 +209,18 @@ def _check(config: WorkloadConfig, where: str) -> None:
         raise WorkloadError(f"{where}: an onnx-file model needs a path")
     if any(s <= 0 for s in config.preprocessing.std) or config.preprocessing.crop > config.preprocessing.resize_shorter:
         raise WorkloadError(f"{where}: preprocessing needs positive std and crop <= resize_shorter")
+
+
+def _check_harness(h: HarnessConfig, where: str) -> None:
+    for key in ("offline_batch_size", "server_batch_size", "workers", "performance_sample_count"):
+        if getattr(h, key) < 1:
+            raise WorkloadError(f"{where}: harness.{key} must be at least 1, got {getattr(h, key)}")
+    if h.intra_op_threads < 0 or h.inter_op_threads < 0:
+        raise WorkloadError(f"{where}: harness thread counts must be 0 (default) or positive")
+    if not h.providers:
+        raise WorkloadError(f"{where}: harness.providers must name at least one execution provider")
+    if h.server_batch_timeout_ms < 0 or not 0 < h.server_load_factor <= 1:
+        raise WorkloadError(f"{where}: harness needs server_batch_timeout_ms >= 0 and 0 < server_load_factor <= 1")
 
 
 def workload_from_dict(data: Any, where: str) -> WorkloadConfig:
