@@ -152,7 +152,7 @@ def load_tensors(folder: Path, names: Sequence[str], cfg: PreprocessConfig, cach
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"tensors-{cache_key(cfg, folder, names)}.npy"
     if not path.exists():
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
+        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
         try:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
                                             shape=(len(names), 3, cfg.crop, cfg.crop))

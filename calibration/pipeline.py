@@ -1,0 +1,229 @@
+"""The ordered calibration steps a workload selects, and the end-to-end ``calibrate`` command.
+
+import float model ─► steps from the YAML (fold_bn, ..., profile, ...) ─► QDQ model + encodings
+─► float vs int8 evaluation ─► calibration_report.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from calibration.encodings import Encoding, activation_encoding, export_aimet_encodings
+from calibration.errors import CalibrationError
+from calibration.evaluate import Accuracy, accuracy, relative_change, sqnr_db, top1_agreement
+from calibration.fold import FoldedBN, fold_batch_norms
+from calibration.graph import make_session, run_batches, save_model
+from calibration.model_source import import_float_model
+from calibration.profile import TensorStats, profile_activations
+from calibration.qdq import QuantPlan, plan_quantization, write_qdq_model
+from calibration.ranges import HISTOGRAM_METHODS, choose_range
+from harness.config import TechniqueStep, WorkloadConfig
+from harness.dataset import Dataset, load_tensors, workload_dataset
+
+log = logging.getLogger(__name__)
+
+DRIFT_PROBE_IMAGES = 16
+
+
+@dataclass
+class PipelineState:
+    """What the steps read and change. Steps replace ``model``; they never edit the caller's copy."""
+
+    model: onnx.ModelProto
+    folded: dict[str, FoldedBN] = field(default_factory=dict)
+    plan: QuantPlan | None = None
+    stats: dict[str, TensorStats] = field(default_factory=dict)
+    activations: dict[str, Encoding] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StepContext:
+    config: WorkloadConfig
+    calibration_images: np.ndarray
+    show_progress: bool = True
+
+
+Step = Callable[[PipelineState, StepContext, str | None], None]
+
+
+def step_fold_bn(state: PipelineState, _ctx: StepContext, _option: str | None) -> None:
+    state.model, folded, skipped = fold_batch_norms(state.model)
+    state.folded.update({f.layer: f for f in folded})
+    state.report["fold_bn"] = {"folded": [f.layer for f in folded], "skipped": skipped}
+
+
+def step_profile(state: PipelineState, ctx: StepContext, _option: str | None) -> None:
+    cal = ctx.config.calibration
+    state.plan = plan_quantization(state.model)
+    bins = cal.histogram_bins if cal.range in HISTOGRAM_METHODS else None
+    state.stats = profile_activations(state.model, state.plan.activations, ctx.calibration_images,
+                                      cal.batch_size, bins, ctx.show_progress)
+    upper_bounds = {out: bound for out, bound in state.plan.fused.values()}
+    state.activations = {}
+    for name, stats in state.stats.items():
+        low, high = choose_range(stats, cal.range, cal.percentile)
+        state.activations[name] = activation_encoding(low, min(high, upper_bounds.get(name, np.inf)))
+    state.report["activation_ranges"] = {
+        name: {
+            "min": s.minimum, "max": s.maximum, "mean_min": s.mean_min, "mean_max": s.mean_max,
+            "range_min": float(state.activations[name].range_min),
+            "range_max": float(state.activations[name].range_max),
+            "scale": float(state.activations[name].scale), "zero_point": int(state.activations[name].zero_point),
+        }
+        for name, s in state.stats.items()
+    }
+
+
+STEPS: dict[str, Step] = {
+    "fold_bn": step_fold_bn,
+    "profile": step_profile,
+}
+
+
+def validate_steps(steps: tuple[TechniqueStep, ...]) -> None:
+    names = [s.name for s in steps]
+    unknown = [n for n in names if n not in STEPS]
+    if unknown:
+        raise CalibrationError(f"no implementation for technique '{unknown[0]}'")
+    if names.count("profile") != 1:
+        raise CalibrationError("the technique list must contain 'profile' exactly once")
+    if "fold_bn" not in names or names.index("fold_bn") > names.index("profile"):
+        raise CalibrationError("'fold_bn' must come before 'profile': int8 layers cannot hold a BatchNormalization")
+
+
+@dataclass(frozen=True)
+class CalibrationSummary:
+    workload: str
+    fp32_model: Path
+    int8_model: Path
+    encodings: Path
+    report: Path
+    float_top1: float
+    float_top5: float
+    int8_top1: float
+    int8_top5: float
+    agreement: float
+    sqnr_db: float
+    images: int
+
+
+def run_steps(model: onnx.ModelProto, ctx: StepContext) -> PipelineState:
+    """Apply the configured steps in order, recording each one's float drift and time."""
+    steps = ctx.config.calibration.techniques
+    validate_steps(steps)
+    state = PipelineState(model=model)
+    probe = np.ascontiguousarray(ctx.calibration_images[:DRIFT_PROBE_IMAGES])
+    reference = run_batches(make_session(model), probe)
+    state.report["steps"] = []
+    for step in steps:
+        log.info("step %s", step)
+        start = time.perf_counter()
+        STEPS[step.name](state, ctx, step.option)
+        seconds = time.perf_counter() - start
+        drift = relative_change(reference, run_batches(make_session(state.model), probe))
+        state.report["steps"].append({"step": str(step), "seconds": round(seconds, 3), "float_drift": drift})
+    return state
+
+
+def quantize(state: PipelineState, per_channel: bool) -> tuple[onnx.ModelProto, dict[str, Encoding]]:
+    if state.plan is None:
+        raise CalibrationError("no activation encodings: the technique list has no 'profile' step")
+    return write_qdq_model(state.model, state.plan, state.activations, per_channel)
+
+
+def _write_json(document: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(document, indent=1, default=float))
+    tmp.replace(path)
+
+
+def build_dir(root: Path, workload: str) -> Path:
+    return root / "build" / workload
+
+
+def load_workload_data(config: WorkloadConfig, root: Path, show_progress: bool = True
+                       ) -> tuple[Dataset, np.ndarray, np.ndarray]:
+    """The dataset, its calibration tensors and its evaluation tensors (memory-mapped caches)."""
+    ds = config.dataset
+    dataset = workload_dataset(ds.images, ds.val_map, ds.calibration_list, config.model.num_classes, root)
+    cache = root / "build" / "cache"
+    evaluation = load_tensors(dataset.folder, dataset.names, config.preprocessing, cache, show_progress)
+    position = {name: i for i, name in enumerate(dataset.names)}
+    if all(name in position for name in dataset.calibration_names):
+        calibration = evaluation[[position[n] for n in dataset.calibration_names]]
+    else:
+        calibration = load_tensors(dataset.folder, dataset.calibration_names, config.preprocessing, cache,
+                                   show_progress)
+    return dataset, calibration, evaluation
+
+
+def calibrate(config: WorkloadConfig, root: Path, show_progress: bool = True) -> CalibrationSummary:
+    """Import, transform, profile, quantize and evaluate one workload; writes build/<name>/."""
+    out = build_dir(root, config.name)
+    out.mkdir(parents=True, exist_ok=True)
+    log.info("[1/5] importing the float model")
+    float_model = import_float_model(config.model, root / "build" / "wheels", root)
+    fp32_path = out / "model.fp32.onnx"
+    save_model(float_model, fp32_path)
+
+    log.info("[2/5] loading images")
+    dataset, calibration_images, evaluation_images = load_workload_data(config, root, show_progress)
+
+    log.info("[3/5] calibrating on %d images: %s", len(calibration_images),
+             ", ".join(str(s) for s in config.calibration.techniques))
+    start = time.perf_counter()
+    state = run_steps(float_model, StepContext(config, calibration_images, show_progress))
+    per_channel = config.calibration.weights == "per-channel"
+    int8_model, params = quantize(state, per_channel)
+    calibration_seconds = time.perf_counter() - start
+
+    log.info("[4/5] writing the int8 model and encodings")
+    int8_path = out / "model.int8.onnx"
+    save_model(int8_model, int8_path)
+    encodings_path = out / "encodings.json"
+    export_aimet_encodings(state.activations, params, encodings_path)
+
+    log.info("[5/5] evaluating float and int8 on %d images", len(evaluation_images))
+    float_logits = run_batches(make_session(float_model, optimize=True), evaluation_images)
+    int8_logits = run_batches(make_session(int8_model, optimize=True), evaluation_images)
+    labels = dataset.labels
+    float_acc: Accuracy = accuracy(float_logits, labels, config.model.label_offset)
+    int8_acc: Accuracy = accuracy(int8_logits, labels, config.model.label_offset)
+    summary = CalibrationSummary(
+        workload=config.name, fp32_model=fp32_path, int8_model=int8_path, encodings=encodings_path,
+        report=out / "calibration_report.json", float_top1=float_acc.top1, float_top5=float_acc.top5,
+        int8_top1=int8_acc.top1, int8_top5=int8_acc.top5, agreement=top1_agreement(float_logits, int8_logits),
+        sqnr_db=sqnr_db(float_logits, int8_logits), images=len(evaluation_images),
+    )
+    report = {
+        "workload": config.name,
+        "calibration": {**dataclasses.asdict(config.calibration),
+                        "techniques": [str(s) for s in config.calibration.techniques]},
+        "calibration_images": len(calibration_images),
+        "calibration_seconds": round(calibration_seconds, 3),
+        **state.report,
+        "evaluation": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(summary).items()},
+    }
+    _write_json(report, summary.report)
+    return summary
+
+
+def format_summary(s: CalibrationSummary) -> str:
+    return "\n".join([
+        f"{s.workload}: {s.images} evaluation images",
+        f"  float  top-1 {100 * s.float_top1:6.2f} %   top-5 {100 * s.float_top5:6.2f} %",
+        f"  int8   top-1 {100 * s.int8_top1:6.2f} %   top-5 {100 * s.int8_top5:6.2f} %",
+        f"  top-1 agreement with float {100 * s.agreement:6.2f} %   logit SQNR {s.sqnr_db:5.1f} dB",
+        f"  wrote {s.int8_model}, {s.encodings.name}, {s.report.name}",
+    ])

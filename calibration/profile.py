@@ -1,0 +1,161 @@
+"""One streaming pass over the calibration images, collecting per-tensor statistics.
+
+Each profiled tensor keeps a running min/max, the sum of each image's own min and max (for
+``mean_minmax``) and, when a histogram-based range method needs it, a histogram whose range
+grows by exact power-of-two merges, filled from a fixed-stride sample of each tensor.
+Memory is bounded by the tensor count times the bin count, whatever the number of images.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from tqdm import tqdm
+
+from calibration.graph import input_name, make_session, with_outputs
+
+log = logging.getLogger(__name__)
+
+# Histograms see a fixed-stride sample of about this many elements per image and tensor (min and
+# max always see every element, so the histogram's range is exact). 500 images then give each
+# tensor's histogram some 8·10^6 samples, far more than the 99.99th percentile needs.
+HISTOGRAM_SAMPLES_PER_IMAGE = 1 << 14
+
+
+@dataclass
+class Histogram:
+    """Counts over [low, low + width·bins); the range doubles (merging bin pairs) to fit new data."""
+
+    bins: int
+    low: float = 0.0
+    width: float = 0.0
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    @property
+    def high(self) -> float:
+        return self.low + self.width * self.bins
+
+    @property
+    def edges(self) -> np.ndarray:
+        return self.low + self.width * np.arange(self.bins + 1)
+
+    def _grow(self, low: float, high: float) -> None:
+        while low < self.low or high >= self.high:
+            merged = self.counts.reshape(-1, 2).sum(axis=1)
+            if high >= self.high:  # extend upwards: old bins fill the lower half
+                self.counts = np.concatenate([merged, np.zeros(self.bins // 2, np.int64)])
+            else:  # extend downwards: old bins fill the upper half
+                self.counts = np.concatenate([np.zeros(self.bins // 2, np.int64), merged])
+                self.low -= self.width * self.bins
+            self.width *= 2.0
+
+    def add(self, values: np.ndarray, low: float, high: float) -> None:
+        if self.width == 0.0:
+            span = max(high - low, 1e-12)
+            self.low, self.width = low, span * (1.0 + 1e-6) / self.bins
+            self.counts = np.zeros(self.bins, np.int64)
+        self._grow(low, high)
+        scaled = np.subtract(values, np.float32(self.low), dtype=np.float32)
+        scaled *= np.float32(1.0 / self.width)
+        index = scaled.astype(np.int32).ravel()
+        np.clip(index, 0, self.bins - 1, out=index)
+        self.counts += np.bincount(index, minlength=self.bins)
+
+
+@dataclass
+class TensorStats:
+    minimum: float = np.inf
+    maximum: float = -np.inf
+    sum_image_min: float = 0.0
+    sum_image_max: float = 0.0
+    images: int = 0
+    histogram: Histogram | None = None
+
+    @property
+    def mean_min(self) -> float:
+        return self.sum_image_min / max(self.images, 1)
+
+    @property
+    def mean_max(self) -> float:
+        return self.sum_image_max / max(self.images, 1)
+
+    def update(self, batch: np.ndarray) -> None:
+        flat = batch.reshape(batch.shape[0], -1)
+        image_min, image_max = flat.min(axis=1), flat.max(axis=1)
+        self.sum_image_min += float(image_min.sum(dtype=np.float64))
+        self.sum_image_max += float(image_max.sum(dtype=np.float64))
+        self.images += batch.shape[0]
+        low, high = float(image_min.min()), float(image_max.max())
+        self.minimum, self.maximum = min(self.minimum, low), max(self.maximum, high)
+        if self.histogram is not None:
+            stride = max(1, flat.shape[1] // HISTOGRAM_SAMPLES_PER_IMAGE)
+            self.histogram.add(flat[:, ::stride], low, high)
+
+
+class _BoundRunner:
+    """Runs full batches into preallocated output buffers (ORT I/O binding), two sets alternating.
+
+    Reusing buffers avoids allocating and page-faulting hundreds of MB per batch, which otherwise
+    costs more than the inference itself; two sets let one batch's statistics overlap the next
+    batch's inference.
+    """
+
+    def __init__(self, session: ort.InferenceSession, feed: str, tensors: Sequence[str],
+                 shapes: Sequence[tuple[int, ...]]):
+        self.session, self.feed = session, feed
+        self.buffers = [[np.empty(shape, np.float32) for shape in shapes] for _ in range(2)]
+        self.bindings = []
+        for buffers in self.buffers:
+            binding = session.io_binding()
+            for name, buffer in zip(tensors, buffers):
+                binding.bind_output(name, "cpu", 0, np.float32, list(buffer.shape), buffer.ctypes.data)
+            self.bindings.append(binding)
+
+    def run(self, batch: np.ndarray, slot: int) -> list[np.ndarray]:
+        binding = self.bindings[slot]
+        binding.bind_cpu_input(self.feed, np.ascontiguousarray(batch))
+        self.session.run_with_iobinding(binding)
+        return self.buffers[slot]
+
+
+def profile_activations(model: onnx.ModelProto, tensors: Sequence[str], images: np.ndarray, batch_size: int,
+                        histogram_bins: int | None, show_progress: bool = True) -> dict[str, TensorStats]:
+    """Statistics of ``tensors`` over ``images``, streamed batch by batch."""
+    session = make_session(with_outputs(model, list(tensors)), optimize=True)
+    feed = input_name(model)
+    stats = {
+        name: TensorStats(histogram=Histogram(histogram_bins) if histogram_bins else None) for name in tensors
+    }
+
+    def update(outputs: Sequence[np.ndarray]) -> None:
+        for name, value in zip(tensors, outputs):
+            stats[name].update(value)
+
+    progress = tqdm(total=len(images), desc="profile", unit="img", disable=not show_progress)
+    first = session.run(list(tensors), {feed: np.ascontiguousarray(images[:batch_size])})
+    update(first)
+    progress.update(len(first[0]))
+    full_end = batch_size + (len(images) - batch_size) // batch_size * batch_size if len(images) > batch_size else 0
+    starts = list(range(batch_size, full_end, batch_size))
+    if starts:
+        runner = _BoundRunner(session, feed, tensors, [o.shape for o in first])
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(runner.run, images[starts[0] : starts[0] + batch_size], 0)
+            for k in range(len(starts)):
+                outputs = pending.result()
+                if k + 1 < len(starts):
+                    nxt = starts[k + 1]
+                    pending = pool.submit(runner.run, images[nxt : nxt + batch_size], (k + 1) % 2)
+                update(outputs)
+                progress.update(batch_size)
+    if full_end and full_end < len(images):
+        update(session.run(list(tensors), {feed: np.ascontiguousarray(images[full_end:])}))
+        progress.update(len(images) - full_end)
+    progress.close()
+    return stats

@@ -1,0 +1,105 @@
+"""Command line: the only place that reads arguments and environment variables.
+
+Every user-fixable problem ends as one ``error: ...`` line and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from calibration.errors import HarnessError, WorkloadError
+from harness.config import WorkloadConfig, load_workload, with_overrides
+from harness.sample_data import fill_sample_images
+
+log = logging.getLogger("harness")
+
+ROOT = Path.cwd()
+DEFAULT_SAMPLES = "data/imagenet-samples"
+
+
+def resolve_workload(name: str) -> Path:
+    """``mobilenetv2`` means ``workloads/mobilenetv2.yaml``; a path to a YAML file is taken as is."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    candidate = ROOT / "workloads" / f"{name}.yaml"
+    if not candidate.is_file():
+        known = ", ".join(sorted(p.stem for p in (ROOT / "workloads").glob("*.yaml")))
+        raise WorkloadError(f"unknown workload '{name}' (known: {known})")
+    return candidate
+
+
+def samples_source() -> Path | None:
+    value = os.environ.get("IMAGENET_SAMPLES_DIR", "").strip()
+    return Path(value) if value else None
+
+
+def load_config(args: argparse.Namespace) -> WorkloadConfig:
+    config = load_workload(resolve_workload(args.workload))
+    config = with_overrides(config, getattr(args, "weights", None), getattr(args, "range", None),
+                            getattr(args, "techniques", None))
+    if config.dataset.images == DEFAULT_SAMPLES and not (ROOT / DEFAULT_SAMPLES / "val_map.txt").is_file():
+        fill_sample_images(ROOT / DEFAULT_SAMPLES, samples_source())
+    return config
+
+
+def cmd_data(_args: argparse.Namespace) -> int:
+    target = fill_sample_images(ROOT / DEFAULT_SAMPLES, samples_source())
+    log.info("sample images ready in %s", target)
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from calibration.pipeline import calibrate, format_summary
+
+    summary = calibrate(load_config(args), ROOT)
+    print(format_summary(summary))
+    return 0
+
+
+def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workload", default="mobilenetv2", help="workload name or YAML path")
+    parser.add_argument("--weights", choices=["per-channel", "per-tensor"], help="override the YAML")
+    parser.add_argument("--range", choices=["minmax", "mean_minmax", "percentile", "mse", "entropy"],
+                        help="override the YAML's range method")
+    parser.add_argument("--techniques", help="comma-separated technique list overriding the YAML")
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, bool]] = {
+    # name: (handler, help, takes workload arguments)
+    "data": (cmd_data, "fill data/imagenet-samples", False),
+    "calibrate": (cmd_calibrate, "import, calibrate and evaluate the int8 model", True),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m harness.cli")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (handler, help_text, takes_workload) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text)
+        if takes_workload:
+            add_workload_arguments(command)
+        command.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except HarnessError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: no partial result was kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
