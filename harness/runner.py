@@ -72,6 +72,10 @@ def performance_figures(detail: dict[str, Any]) -> dict[str, Any]:
         if key in detail:
             figures["samples_per_s"] = float(detail[key])
             break
+    if "result_qps_with_loadgen_overhead" in detail:
+        figures["queries_per_s"] = float(detail["result_qps_with_loadgen_overhead"])
+    if "early_stopping_latency_ms" in detail:  # LoadGen logs this estimate in ns despite the key's name
+        figures["early_stopping_latency_ms"] = float(detail["early_stopping_latency_ms"]) / 1e6
     for name, key in LATENCY_KEYS.items():
         if key in detail:
             figures[name] = float(detail[key]) / 1e6

@@ -1,0 +1,106 @@
+"""Real LoadGen runs (tiny durations) with fake backends: the four scenarios, accuracy, failures, interruption,
+and a stray audit.config."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_harness_fakes import FailingBackend, OracleBackend, write_tensors
+
+from calibration.errors import HarnessError
+from harness.config import HarnessConfig
+from harness.loadgen_run import InferenceFailed
+from harness.runner import RunSpec, read_detail_log, result_dir, run_scenario
+from harness.scenarios import DurationProfile
+
+TINY = DurationProfile("tiny", 300, {"Offline": 1, "Server": 512, "SingleStream": 64, "MultiStream": 662})
+LABELS = np.arange(64) % 10
+
+
+def spec(tmp_path: Path, scenario: str, mode: str, backend, **changes) -> RunSpec:
+    tensors = tmp_path / "tensors.npy"
+    if not tensors.exists():
+        write_tensors(tensors, LABELS)
+    fields = dict(workload="fake", scenario=scenario, mode=mode, profile=TINY,
+                  harness=HarnessConfig(system="test", offline_batch_size=8, server_load_factor=0.2),
+                  tensors_path=tensors, labels=LABELS, label_offset=0, backend_factory=backend,
+                  results_root=tmp_path / "results")
+    fields.update(changes)
+    return RunSpec(**fields)
+
+
+def leftovers(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.name.startswith("."))
+
+
+@pytest.mark.parametrize("scenario", ["Offline", "Server", "SingleStream", "MultiStream"])
+def test_performance_run_is_valid_and_complete(tmp_path: Path, scenario: str) -> None:
+    backend = functools.partial(OracleBackend, delay_ms=1.0)
+    summary = run_scenario(spec(tmp_path, scenario, "performance", backend))
+    final = result_dir(tmp_path / "results", "test", "fake", scenario, "performance")
+    figures = summary["performance"]
+    assert figures["min_duration_met"] and figures["min_queries_met"], figures
+    if scenario != "Server":  # Server's p99 bound also depends on this shared machine's scheduling jitter
+        assert figures["validity"] == "VALID", figures
+    assert figures["p99_ms"] > 0.9  # the fake takes 1 ms per batch
+    assert {"mlperf_log_summary.txt", "mlperf_log_detail.txt", "user.conf", "summary.json"} <= {
+        p.name for p in final.iterdir()}
+    assert (final / "mlperf_log_trace.json").stat().st_size == 0  # tracing is off
+    assert json.loads((final / "summary.json").read_text())["scenario"] == scenario
+    assert "resnet50.*.performance_sample_count_override = 64" in (final / "user.conf").read_text()
+    assert leftovers(tmp_path / "results") == []
+
+
+def test_accuracy_run_scores_every_sample(tmp_path: Path) -> None:
+    wrong = LABELS.copy()
+    wrong[:16] = (wrong[:16] + 1) % 10  # the oracle now misses exactly 16 of 64
+    summary = run_scenario(spec(tmp_path, "Offline", "accuracy", functools.partial(OracleBackend, offset=1),
+                                labels=wrong, label_offset=1, reference_top1=0.8, target_ratio=0.99))
+    final = result_dir(tmp_path / "results", "test", "fake", "Offline", "accuracy")
+    assert (final / "accuracy.txt").read_text() == "accuracy=75.000%, good=48, total=64\n"
+    assert summary["accuracy"]["ratio"] == pytest.approx(0.75 / 0.8)
+    assert summary["accuracy"]["meets_target"] is False
+
+
+def test_failed_inference_fails_the_run_and_keeps_nothing(tmp_path: Path) -> None:
+    with pytest.raises(InferenceFailed, match="simulated kernel failure"):
+        run_scenario(spec(tmp_path, "Offline", "accuracy", functools.partial(FailingBackend, good_calls=2)))
+    scenario_dir = tmp_path / "results" / "test" / "fake" / "Offline"
+    assert list(scenario_dir.iterdir()) == []
+
+
+def test_setup_error_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(HarnessError, match="No such file"):
+        run_scenario(spec(tmp_path, "Offline", "performance", OracleBackend, tensors_path=tmp_path / "none.npy"))
+
+
+def test_interrupted_run_leaves_no_complete_looking_result(tmp_path: Path) -> None:
+    slow = functools.partial(OracleBackend, delay_ms=50.0)
+    timer = threading.Timer(4.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_scenario(spec(tmp_path, "SingleStream", "performance", slow,
+                              profile=DurationProfile("long", 60000, {"SingleStream": 1})))
+    finally:
+        timer.cancel()
+    results = tmp_path / "results"
+    assert not list(results.rglob("summary.json")) and not list(results.rglob("mlperf_log_*"))
+    assert leftovers(results) == []
+
+
+def test_stray_audit_config_does_not_change_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "audit.config").write_text("*.*.min_duration = 1\n*.*.performance_issue_same = 1\n")
+    run_scenario(spec(tmp_path, "SingleStream", "performance", functools.partial(OracleBackend, delay_ms=1.0)))
+    final = result_dir(tmp_path / "results", "test", "fake", "SingleStream", "performance")
+    detail = read_detail_log(final / "mlperf_log_detail.txt")
+    assert detail["effective_min_duration_ms"] == 300
+    assert detail["effective_performance_issue_same"] is False
