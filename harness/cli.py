@@ -62,6 +62,38 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness.workflow import describe, run_workload
+
+    summaries = run_workload(load_config(args), ROOT, args.scenario, args.mode, args.profile, args.precision)
+    for summary in summaries:
+        print(describe(summary))
+    invalid = [s["mode"] for s in summaries if s.get("performance", {}).get("validity", "VALID") != "VALID"]
+    if invalid:
+        print("error: LoadGen judged the performance run INVALID; see mlperf_log_summary.txt", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_results(_args: argparse.Namespace) -> int:
+    from harness.results_table import collect, write_table
+
+    table = collect(ROOT / "results")
+    if table.empty:
+        raise HarnessError("no runs under results/ yet: run `make run` first")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    write_table(table, ROOT / "results" / "results.csv")
+    print(f"wrote {ROOT / 'results' / 'results.csv'}")
+    return 0
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scenario", default="Offline", help="Offline, SingleStream, MultiStream or Server")
+    parser.add_argument("--mode", default="both", help="accuracy, performance or both")
+    parser.add_argument("--profile", default="smoke", help="smoke (short) or submission (official durations)")
+    parser.add_argument("--precision", default="int8", help="int8 (calibrated) or fp32 (the imported model)")
+
+
 def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workload", default="mobilenetv2", help="workload name or YAML path")
     parser.add_argument("--weights", choices=["per-channel", "per-tensor"], help="override the YAML")
@@ -74,7 +106,10 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, bool]] = {
     # name: (handler, help, takes workload arguments)
     "data": (cmd_data, "fill data/imagenet-samples", False),
     "calibrate": (cmd_calibrate, "import, calibrate and evaluate the int8 model", True),
+    "run": (cmd_run, "run LoadGen (accuracy and/or performance) on the calibrated model", True),
+    "results": (cmd_results, "table of all runs under results/ (printed and written as CSV)", False),
 }
+EXTRA_ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {"run": add_run_arguments}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help_text)
         if takes_workload:
             add_workload_arguments(command)
+        if name in EXTRA_ARGUMENTS:
+            EXTRA_ARGUMENTS[name](command)
         command.set_defaults(handler=handler)
     return parser
 

@@ -47,7 +47,8 @@ class RunSpec:
     backend_factory: Callable[[], Backend]
     results_root: Path
     model: str = ""  # what ran, for summary.json
-    reference_top1: float | None = None
+    reference_top1: float | None = None  # the float model's top-1
+    calibration_top1: float | None = None  # the int8 top-1 the calibrate command printed
     target_ratio: float = 0.99
 
 
@@ -132,6 +133,7 @@ def run_scenario(spec: RunSpec) -> dict[str, Any]:
             (staging / "accuracy.txt").write_text(result.mlperf_line() + "\n")
             summary["accuracy"] = compare(result, spec.reference_top1, spec.target_ratio)
             summary["accuracy"]["mlperf_line"] = result.mlperf_line()
+            summary["accuracy"]["calibration_int8_top1"] = spec.calibration_top1
         write_json(staging / "summary.json", summary)
         publish(staging, final)
     except BaseException:
