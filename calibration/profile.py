@@ -133,13 +133,15 @@ def profile_activations(model: onnx.ModelProto, tensors: Sequence[str], images: 
         name: TensorStats(histogram=Histogram(histogram_bins) if histogram_bins else None) for name in tensors
     }
 
-    def update(outputs: Sequence[np.ndarray]) -> None:
+    # ORT never writes a graph input bound as an output buffer, so the input's statistics come
+    # from the batches themselves (the buffer would hold stale data from an earlier batch).
+    def update(outputs: Sequence[np.ndarray], batch: np.ndarray) -> None:
         for name, value in zip(tensors, outputs):
-            stats[name].update(value)
+            stats[name].update(batch if name == feed else value)
 
     progress = tqdm(total=len(images), desc="profile", unit="img", disable=not show_progress)
     first = session.run(list(tensors), {feed: np.ascontiguousarray(images[:batch_size])})
-    update(first)
+    update(first, images[:batch_size])
     progress.update(len(first[0]))
     full_end = batch_size + (len(images) - batch_size) // batch_size * batch_size if len(images) > batch_size else 0
     starts = list(range(batch_size, full_end, batch_size))
@@ -149,13 +151,14 @@ def profile_activations(model: onnx.ModelProto, tensors: Sequence[str], images: 
             pending = pool.submit(runner.run, images[starts[0] : starts[0] + batch_size], 0)
             for k in range(len(starts)):
                 outputs = pending.result()
+                batch = images[starts[k] : starts[k] + batch_size]
                 if k + 1 < len(starts):
                     nxt = starts[k + 1]
                     pending = pool.submit(runner.run, images[nxt : nxt + batch_size], (k + 1) % 2)
-                update(outputs)
+                update(outputs, batch)
                 progress.update(batch_size)
     if full_end and full_end < len(images):
-        update(session.run(list(tensors), {feed: np.ascontiguousarray(images[full_end:])}))
+        update(session.run(list(tensors), {feed: np.ascontiguousarray(images[full_end:])}), images[full_end:])
         progress.update(len(images) - full_end)
     progress.close()
     return stats
