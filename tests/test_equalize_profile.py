@@ -13,7 +13,8 @@ def test_graph_input_statistics_cover_every_batch():
     b = GraphBuilder("input", 3, 8, 8)
     y = b.relu(b.conv("input", "c1", rng.normal(size=(4, 3, 3, 3)), rng.normal(size=4)), "r1")
     model = b.build("tiny", [(b.global_avg_pool_flat(y, "head"), 4)])
-    images = rng.normal(size=(40, 3, 8, 8)).astype(np.float32) * np.linspace(1, 5, 40)[:, None, None, None]
+    scale = np.linspace(1, 5, 40, dtype=np.float32)[:, None, None, None]
+    images = rng.normal(size=(40, 3, 8, 8)).astype(np.float32) * scale
     stats = profile_activations(model, ["input", y], images, batch_size=8, histogram_bins=None,
                                 show_progress=False)["input"]
     flat = images.reshape(len(images), -1)
