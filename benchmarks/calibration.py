@@ -1,0 +1,209 @@
+# ruff: noqa: E402  (imports follow the sys.path fix below)
+"""The project's calibration against ONNX Runtime's ``quantize_static``, side by side, in one run.
+
+For each model (MobileNetV2, EfficientNet-Lite0) both tools start from the same float ONNX model and the
+same calibration tensors (the 500 images at even positions), with the same weight granularity. Each
+quantizer runs as a child process, so its wall time and peak resident memory are its own
+(``benchmarks/peers/run_peer.py``). Every int8 model, and the float model, is then evaluated here on the
+1000 sample images with ONNX Runtime (ORT_ENABLE_ALL):
+- top-1 and top-5, top-1 agreement with float, logit SQNR against float;
+- throughput in images per second (batch 32, median of repeats).
+Ratios compare each run with ``quantize_static`` MinMax at the same granularity (time, memory, speed).
+
+    python benchmarks/calibration.py                      # both models, every method, per-channel
+    python benchmarks/calibration.py --models mobilenetv2 --ours minmax mean_minmax --ort MinMax \
+        --weights per-channel per-tensor
+
+Writes results/benchmarks/calibration.json (staged, then renamed) and prints the table.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# Run as a script, sys.path[0] is benchmarks/, whose calibration.py (this file) would shadow the package.
+sys.path[0] = str(ROOT)
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+
+from benchmarks.peers.run_peer import PeerError, run_measured
+from calibration.evaluate import accuracy, sqnr_db, top1_agreement
+from calibration.graph import load_model, make_session, run_batches, save_model
+from calibration.model_source import import_float_model
+from calibration.pipeline import load_workload_data
+from harness.config import load_workload
+from harness.sample_data import fill_sample_images
+
+log = logging.getLogger("bench-calibration")
+
+MODELS = ("mobilenetv2", "efficientnet-lite0")
+OURS_METHODS = ("minmax", "mean_minmax", "percentile", "mse", "entropy")
+ORT_METHODS = ("MinMax", "Entropy", "Percentile")
+GIB = 1 << 30
+
+
+@dataclass(frozen=True)
+class Run:
+    tool: str  # "ours" or "ort"
+    method: str
+    weights: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.tool}-{self.method}-{self.weights}"
+
+
+def quantizer_command(run: Run, workload: str, fp32: Path, calibration: Path, output: Path) -> list[str]:
+    common = [str(fp32), str(calibration), str(output)]
+    if run.tool == "ours":
+        return [sys.executable, "-m", "benchmarks.peers.ours_quantize", *common, "--workload", workload,
+                "--range", run.method, "--weights", run.weights]
+    per_channel = ["--per-channel"] if run.weights == "per-channel" else []
+    return [sys.executable, "-m", "benchmarks.peers.ort_static", *common, "--method", run.method, *per_channel]
+
+
+def throughput(session: ort.InferenceSession, images: np.ndarray, batch_size: int, batches: int,
+               repeats: int) -> float:
+    """Median images per second over ``repeats`` timed passes of ``batches`` batches (after one warm-up)."""
+    name = session.get_inputs()[0].name
+    feeds = [np.ascontiguousarray(images[i * batch_size : (i + 1) * batch_size]) for i in range(batches)]
+    session.run(None, {name: feeds[0]})
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for feed in feeds:
+            session.run(None, {name: feed})
+        rates.append(batch_size * batches / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def evaluate(model_path: Path, images: np.ndarray, labels: np.ndarray, label_offset: int,
+             float_logits: np.ndarray | None, args: argparse.Namespace) -> tuple[dict[str, float], np.ndarray]:
+    session = make_session(load_model(model_path), optimize=True)
+    logits = run_batches(session, images, batch_size=args.batch_size)
+    acc = accuracy(logits, labels, label_offset)
+    figures = {"top1": acc.top1, "top5": acc.top5,
+               "img_per_s": throughput(session, images, args.batch_size, args.batches, args.repeats)}
+    if float_logits is not None:
+        figures["agreement"] = top1_agreement(float_logits, logits)
+        figures["sqnr_db"] = sqnr_db(float_logits, logits)
+    return figures, logits
+
+
+def save_array(array: np.ndarray, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
+    np.save(tmp, np.ascontiguousarray(array))
+    tmp.replace(path)
+
+
+def bench_model(name: str, runs: list[Run], args: argparse.Namespace) -> list[dict[str, Any]]:
+    config = load_workload(ROOT / "workloads" / f"{name}.yaml")
+    work = ROOT / "build" / "bench-calibration" / name
+    work.mkdir(parents=True, exist_ok=True)
+    fp32 = work / "model.fp32.onnx"
+    save_model(import_float_model(config.model, ROOT / "build" / "wheels", ROOT), fp32)
+    dataset, calibration, evaluation = load_workload_data(config, ROOT, show_progress=False)
+    calibration_path = work / "calibration.npy"
+    save_array(calibration, calibration_path)
+    evaluation = np.asarray(evaluation)
+    labels, offset = dataset.labels, config.model.label_offset
+    log.info("%s: %d calibration images, %d evaluation images", name, len(calibration), len(evaluation))
+
+    float_figures, float_logits = evaluate(fp32, evaluation, labels, offset, None, args)
+    rows: list[dict[str, Any]] = [{"model": name, "tool": "float", "method": "-", "weights": "-", **float_figures}]
+    for run in runs:
+        output = work / f"{run.label}.int8.onnx"
+        row: dict[str, Any] = {"model": name, "tool": run.tool, "method": run.method, "weights": run.weights}
+        log.info("%s: %s", name, run.label)
+        try:
+            seconds, peak_bytes = run_measured(quantizer_command(run, name, fp32, calibration_path, output), ROOT)
+        except PeerError as err:
+            log.error("%s: %s failed: %s", name, run.label, err)
+            rows.append({**row, "error": str(err).splitlines()[-1]})
+            continue
+        figures, _ = evaluate(output, evaluation, labels, offset, float_logits, args)
+        rows.append({**row, "calib_s": seconds, "peak_gib": peak_bytes / GIB, **figures})
+        log.info("%s: %s took %.1f s, peak %.2f GiB, top-1 %.3f, agreement %.3f", name, run.label, seconds,
+                 peak_bytes / GIB, figures["top1"], figures["agreement"])
+    add_ratios(rows, float_figures["img_per_s"])
+    return rows
+
+
+def add_ratios(rows: list[dict[str, Any]], float_rate: float) -> None:
+    """Time, memory and speed relative to quantize_static MinMax at the same granularity; speed vs float."""
+    baselines = {r["weights"]: r for r in rows if r["tool"] == "ort" and r["method"] == "MinMax" and "calib_s" in r}
+    for row in rows:
+        if "img_per_s" in row and row["tool"] != "float":
+            row["speed_vs_float"] = row["img_per_s"] / float_rate
+        base = baselines.get(row["weights"])
+        if base is not None and "calib_s" in row:
+            row["time_vs_ort_minmax"] = row["calib_s"] / base["calib_s"]
+            row["memory_vs_ort_minmax"] = row["peak_gib"] / base["peak_gib"]
+            row["speed_vs_ort_minmax"] = row["img_per_s"] / base["img_per_s"]
+
+
+def write_json(document: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(document, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="our calibration vs ONNX Runtime quantize_static")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--ours", nargs="*", choices=OURS_METHODS, default=list(OURS_METHODS),
+                        help="our range methods (none: skip)")
+    parser.add_argument("--ort", nargs="*", choices=ORT_METHODS, default=list(ORT_METHODS),
+                        help="quantize_static calibration methods (none: skip)")
+    parser.add_argument("--weights", nargs="+", choices=["per-channel", "per-tensor"], default=["per-channel"])
+    parser.add_argument("--batch-size", type=int, default=32, help="inference batch for evaluation and speed")
+    parser.add_argument("--batches", type=int, default=4, help="batches per timed throughput pass")
+    parser.add_argument("--repeats", type=int, default=5, help="timed throughput passes (the median is kept)")
+    parser.add_argument("--output", type=Path, default=ROOT / "results" / "benchmarks" / "calibration.json")
+    return parser.parse_args()
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    args = parse_args()
+    samples = os.environ.get("IMAGENET_SAMPLES_DIR", "").strip()
+    fill_sample_images(ROOT / "data" / "imagenet-samples", Path(samples) if samples else None)
+    runs = [Run("ort", m, w) for w in args.weights for m in args.ort] + \
+           [Run("ours", m, w) for w in args.weights for m in args.ours]
+    started = time.perf_counter()
+    rows = [row for name in args.models for row in bench_model(name, runs, args)]
+    document = {
+        "environment": {"python": platform.python_version(), "onnxruntime": ort.__version__,
+                        "numpy": np.__version__, "cpus": os.cpu_count(), "machine": platform.machine()},
+        "settings": {"calibration_images": "500 even-position sample images", "evaluation_images": 1000,
+                     "batch_size": args.batch_size, "batches": args.batches, "repeats": args.repeats,
+                     "graph_optimization": "ORT_ENABLE_ALL",
+                     "ratios": "relative to quantize_static MinMax with the same weight granularity"},
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "rows": rows,
+    }
+    write_json(document, args.output)
+    table = pd.DataFrame(rows)
+    with pd.option_context("display.max_columns", None, "display.width", 200, "display.float_format", "{:.3f}".format):
+        print(table.drop(columns=[c for c in ("top5",) if c in table]).to_string(index=False))
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
