@@ -13,6 +13,8 @@ PROFILE ?= smoke
 # The shared sample images, when they sit beside the checkout (development and CI).
 IMAGENET_SAMPLES_DIR ?= $(wildcard $(abspath ../shared/data/imagenet-samples))
 export IMAGENET_SAMPLES_DIR
+MLPERF_CALIBRATION_DIR ?= $(wildcard $(abspath ../shared/data/mlperf-calibration))
+export MLPERF_CALIBRATION_DIR
 
 OVERRIDES := $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(RANGE),--range $(RANGE)) \
              $(if $(TECHNIQUES),--techniques $(TECHNIQUES))

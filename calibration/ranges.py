@@ -55,27 +55,34 @@ def mse_range(stats: TensorStats) -> tuple[float, float]:
 def entropy_range(stats: TensorStats) -> tuple[float, float]:
     """The candidate range minimising KL(P || Q), as TensorRT's entropy calibration does.
 
-    P is the histogram clipped to the range, with the clipped mass folded into the edge bins;
-    Q is P quantized to 256 levels and spread back uniformly over each level's occupied bins.
+    P is the histogram restricted to the range with the clipped mass folded into its edge bins;
+    Q is the in-range histogram alone (no folded mass), merged into 256 levels and spread back
+    uniformly over each level's occupied bins. Clipping too much piles mass on P's edges that Q
+    lacks; clipping too little merges too many bins into each level.
     """
     hist = stats.histogram
     assert hist is not None
     centers = hist.low + hist.width * (np.arange(hist.bins) + 0.5)
-    total = max(hist.counts.sum(), 1)
+    counts = hist.counts.astype(np.float64)
     best, best_kl = None, np.inf
     for low, high in _candidates(stats):
         if (high - low) / hist.width < LEVELS:
-            continue  # fewer bins than levels: Q would equal P and the KL would be trivially 0
-        clipped = np.clip(centers, low, high)
-        target_bin = np.clip(((clipped - hist.low) / hist.width).astype(np.int64), 0, hist.bins - 1)
-        p = np.bincount(target_bin, weights=hist.counts, minlength=hist.bins) / total
-        scale = max((high - low) / (LEVELS - 1), 1e-12)
-        level = np.round((clipped - low) / scale).astype(np.int64)
-        occupied = p > 0
-        level_mass = np.bincount(level, weights=p, minlength=LEVELS)
+            continue  # fewer bins than levels: Q would equal P
+        inside = (centers >= low) & (centers <= high)
+        first, last = int(np.argmax(inside)), int(len(inside) - 1 - np.argmax(inside[::-1]))
+        p = np.where(inside, counts, 0.0)
+        p[first] += counts[:first].sum()
+        p[last] += counts[last + 1 :].sum()
+        scale = (high - low) / (LEVELS - 1)
+        level = np.round((np.clip(centers, low, high) - low) / scale).astype(np.int64)
+        in_range = np.where(inside, counts, 0.0)
+        occupied = in_range > 0
+        level_mass = np.bincount(level, weights=in_range, minlength=LEVELS)
         level_bins = np.bincount(level, weights=occupied.astype(float), minlength=LEVELS)
-        q = level_mass[level] / np.maximum(level_bins[level], 1)
-        kl = float(np.sum(p[occupied] * np.log(p[occupied] / np.maximum(q[occupied], 1e-12))))
+        q = np.where(occupied, level_mass[level] / np.maximum(level_bins[level], 1), 0.0)
+        p, q = p / max(p.sum(), 1e-30), q / max(q.sum(), 1e-30)
+        mask = p > 0
+        kl = float(np.sum(p[mask] * np.log(p[mask] / np.maximum(q[mask], 1e-12))))
         if kl < best_kl:
             best, best_kl = (low, high), kl
     if best is None:  # the observed range is narrower than 256 bins: nothing to clip

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from calibration.errors import HarnessError, WorkloadError
 from harness.config import WorkloadConfig, load_workload, with_overrides
-from harness.sample_data import fill_sample_images
+from harness.sample_data import fill_calibration_lists, fill_sample_images
 
 log = logging.getLogger("harness")
 
@@ -34,9 +34,13 @@ def resolve_workload(name: str) -> Path:
     return candidate
 
 
-def samples_source() -> Path | None:
-    value = os.environ.get("IMAGENET_SAMPLES_DIR", "").strip()
+def env_path(variable: str) -> Path | None:
+    value = os.environ.get(variable, "").strip()
     return Path(value) if value else None
+
+
+def samples_source() -> Path | None:
+    return env_path("IMAGENET_SAMPLES_DIR")
 
 
 def load_config(args: argparse.Namespace) -> WorkloadConfig:
@@ -51,6 +55,8 @@ def load_config(args: argparse.Namespace) -> WorkloadConfig:
 def cmd_data(_args: argparse.Namespace) -> int:
     target = fill_sample_images(ROOT / DEFAULT_SAMPLES, samples_source())
     log.info("sample images ready in %s", target)
+    lists = fill_calibration_lists(ROOT / "data" / "mlperf-calibration", env_path("MLPERF_CALIBRATION_DIR"))
+    log.info("MLPerf calibration lists ready in %s", lists)
     return 0
 
 

