@@ -19,12 +19,14 @@ import numpy as np
 import onnx
 
 from calibration.encodings import Encoding, activation_encoding, export_aimet_encodings
+from calibration.equalize import absorb_high_biases, equalize, link_tensors, relu6_to_relu
 from calibration.errors import CalibrationError
 from calibration.evaluate import Accuracy, accuracy, relative_change, sqnr_db, top1_agreement
 from calibration.fold import FoldedBN, fold_batch_norms
 from calibration.graph import make_session, run_batches, save_model
 from calibration.model_source import import_float_model
-from calibration.profile import TensorStats, profile_activations
+from calibration.plots import plot_cle_weight_ranges
+from calibration.profile import TensorStats, profile_activations, profile_channel_ranges
 from calibration.qdq import QuantPlan, plan_quantization, write_qdq_model
 from calibration.ranges import HISTOGRAM_METHODS, choose_range
 from harness.config import TechniqueStep, WorkloadConfig
@@ -85,7 +87,35 @@ def step_profile(state: PipelineState, ctx: StepContext, _option: str | None) ->
     }
 
 
+def step_relu6_to_relu(state: PipelineState, _ctx: StepContext, _option: str | None) -> None:
+    state.model, replaced, kept = relu6_to_relu(state.model)
+    state.report["relu6_to_relu"] = {"replaced": replaced, "kept": kept}
+
+
+def step_cle(state: PipelineState, ctx: StepContext, option: str | None) -> None:
+    """``cle`` / ``cle:exact`` keep ReLU6 exact with per-channel bounds, ``cle:skip_relu6`` leaves
+    sets with a ReLU6 unscaled, ``cle:iterate`` repeats exact CLE until the scales settle, and
+    ``cle:activation_aware`` fits weight and activation ranges together from calibration statistics."""
+    channel_ranges = None
+    if option == "activation_aware":
+        channel_ranges = profile_channel_ranges(state.model, link_tensors(state.model), ctx.calibration_images,
+                                                ctx.config.calibration.batch_size)
+    result = equalize(state.model, state.folded, relu6="skip" if option == "skip_relu6" else "exact",
+                      iterate=option == "iterate", channel_ranges=channel_ranges)
+    state.model, state.folded = result.model, result.folded
+    state.report["cle"] = result.report
+
+
+def step_high_bias_absorption(state: PipelineState, _ctx: StepContext, _option: str | None) -> None:
+    result = absorb_high_biases(state.model, state.folded)
+    state.model, state.folded = result.model, result.folded
+    state.report["high_bias_absorption"] = result.report
+
+
 STEPS: dict[str, Step] = {
+    "relu6_to_relu": step_relu6_to_relu,
+    "cle": step_cle,
+    "high_bias_absorption": step_high_bias_absorption,
     "fold_bn": step_fold_bn,
     "profile": step_profile,
 }
@@ -100,6 +130,9 @@ def validate_steps(steps: tuple[TechniqueStep, ...]) -> None:
         raise CalibrationError("the technique list must contain 'profile' exactly once")
     if "fold_bn" not in names or names.index("fold_bn") > names.index("profile"):
         raise CalibrationError("'fold_bn' must come before 'profile': int8 layers cannot hold a BatchNormalization")
+    for name in ("relu6_to_relu", "cle", "high_bias_absorption"):
+        if name in names and not names.index("fold_bn") < names.index(name) < names.index("profile"):
+            raise CalibrationError(f"'{name}' must come after 'fold_bn' and before 'profile'")
 
 
 @dataclass(frozen=True)
@@ -216,6 +249,8 @@ def calibrate(config: WorkloadConfig, root: Path, show_progress: bool = True) ->
         "evaluation": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(summary).items()},
     }
     _write_json(report, summary.report)
+    if "cle" in state.report:
+        plot_cle_weight_ranges(state.report["cle"]["depthwise_ranges"], out / "plots" / "cle_weight_ranges.png")
     return summary
 
 

@@ -162,3 +162,19 @@ def profile_activations(model: onnx.ModelProto, tensors: Sequence[str], images: 
         progress.update(len(images) - full_end)
     progress.close()
     return stats
+
+
+def profile_channel_ranges(model: onnx.ModelProto, tensors: Sequence[str], images: np.ndarray,
+                           batch_size: int) -> dict[str, np.ndarray]:
+    """Per-channel (axis 1) max|x| of each tensor, averaged over the images like ``mean_minmax``."""
+    if not tensors:
+        return {}
+    session = make_session(with_outputs(model, list(tensors)), optimize=True)
+    feed = input_name(model)
+    sums: dict[str, np.ndarray] = {}
+    for start in range(0, len(images), batch_size):
+        batch = np.ascontiguousarray(images[start : start + batch_size])
+        for name, value in zip(tensors, session.run(list(tensors), {feed: batch})):
+            per_image = np.abs(value).reshape(value.shape[0], value.shape[1], -1).max(axis=2).sum(axis=0)
+            sums[name] = sums[name] + per_image if name in sums else per_image.astype(np.float64)
+    return {name: total / len(images) for name, total in sums.items()}

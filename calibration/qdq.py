@@ -6,6 +6,10 @@ Layout, chosen so that ONNX Runtime fuses every convolution into QLinearConv:
 - a Relu, or a Clip(0, c), that is the only consumer of a Conv/Gemm/Add output is folded into the
   quantization of that output: the uint8 encoding starts at 0 and ends at or below c, so the
   Q/DQ pair clamps exactly as the activation did;
+- a Min against non-negative per-channel bounds that follows such a folded Relu (CLE's exact
+  ReLU6, min(ReLU(x), 6/s_i)) runs on the uint8 tensor: its input and output share one encoding,
+  and quantization is monotone, so Q(min(x, t)) = min(Q(x), Q(t)) exactly, and the producing
+  convolution stays fused; when every Q(t) is 255 the Q/DQ clamp alone is exact and the Min goes;
 - weights are int8 initializers behind a DequantizeLinear (per-channel on the output axis, or per
   tensor), biases int32 with scale s_in·s_w;
 - graph outputs stay float.
@@ -40,6 +44,17 @@ class QuantPlan:
     activations: list[str] = field(default_factory=list)
     fused: dict[str, tuple[str, float]] = field(default_factory=dict)  # activation node -> (out, clip max)
     weighted: list[str] = field(default_factory=list)  # weighted layer node names
+    integer_min: dict[str, str] = field(default_factory=dict)  # Min node -> its input (a folded Relu's output)
+
+
+def constant_min_bound(node: onnx.NodeProto, index: GraphIndex) -> str | None:
+    """The initializer operand of a two-input Min against non-negative bounds, if it has one."""
+    if node.op_type != "Min" or len(node.input) != 2:
+        return None
+    for name in node.input:
+        if name in index.initializers and np.all(index.constant(name) >= 0):
+            return name
+    return None
 
 
 def _fusable_upper_bound(node: onnx.NodeProto, index: GraphIndex) -> float | None:
@@ -86,6 +101,9 @@ def plan_quantization(model: onnx.ModelProto) -> QuantPlan:
             continue
         out = node.output[0]
         consumer = index.single_consumer(out)
+        if node.name in plan.fused and consumer is not None and constant_min_bound(consumer, index) is not None:
+            plan.integer_min[consumer.name] = out
+            continue
         bound = _fusable_upper_bound(consumer, index) if consumer is not None else None
         if node.op_type in FUSABLE_PRODUCERS and consumer is not None and bound is not None:
             plan.fused[consumer.name] = (consumer.output[0], bound)
@@ -111,6 +129,25 @@ def _qdq_pair(model: onnx.ModelProto, tensor: str, encoding: Encoding) -> tuple[
                          name=f"{tensor}.DequantizeLinear"),
     ]
     return nodes, dequantized
+
+
+def _integer_min(model: onnx.ModelProto, index: GraphIndex, node: onnx.NodeProto, source: str,
+                 encoding: Encoding) -> list[onnx.NodeProto]:
+    """Q(source) → Min against uint8 bounds → DQ, all with the Min output's encoding."""
+    out = node.output[0]
+    thresholds = encoding.quantize(index.constant(constant_min_bound(node, index)))
+    scale = _add_initializer(model, f"{out}.scale", encoding.scale.astype(np.float32))
+    zero = _add_initializer(model, f"{out}.zero_point", encoding.zero_point.astype(np.uint8))
+    clamp = bool(np.any(thresholds < encoding.qmax))
+    quantized_in = f"{out}.input_quantized" if clamp else f"{out}.quantized"
+    nodes = [helper.make_node("QuantizeLinear", [source, scale, zero], [quantized_in],
+                              name=f"{out}.QuantizeLinear")]
+    if clamp:
+        bound = _add_initializer(model, f"{out}.bound_quantized", thresholds)
+        nodes.append(helper.make_node("Min", [quantized_in, bound], [f"{out}.quantized"], name=node.name))
+    nodes.append(helper.make_node("DequantizeLinear", [f"{out}.quantized", scale, zero], [f"{out}.dequantized"],
+                                  name=f"{out}.DequantizeLinear"))
+    return nodes
 
 
 def weight_axis(node: onnx.NodeProto) -> int:
@@ -159,6 +196,12 @@ def write_qdq_model(model: onnx.ModelProto, plan: QuantPlan, activations: dict[s
     new_nodes.extend(pairs)
     dequantized_source = {rename[graph_input]: graph_input}
     for node in qmodel.graph.node:
+        if node.name in plan.integer_min:
+            out = node.output[0]
+            new_nodes.extend(_integer_min(qmodel, index, node, plan.integer_min[node.name], activations[out]))
+            rename[out] = f"{out}.dequantized"
+            dequantized_source[rename[out]] = out
+            continue
         for i, name in enumerate(node.input):
             if name in rename:
                 node.input[i] = rename[name]

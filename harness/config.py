@@ -23,6 +23,9 @@ RangeMethod = Literal["minmax", "mean_minmax", "percentile", "mse", "entropy"]
 TECHNIQUE_OPTIONS: dict[str, tuple[str | None, ...]] = {
     "fold_bn": (None,),
     "profile": (None,),
+    "relu6_to_relu": (None,),
+    "cle": (None, "exact", "skip_relu6", "iterate", "activation_aware"),  # None: exact, one pass
+    "high_bias_absorption": (None,),
 }
 
 

@@ -1,0 +1,293 @@
+"""CLE set search, scale math, ReLU6 modes and high-bias absorption on small synthetic models."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from calibration.equalize import (
+    MAX_LOG_SCALE,
+    absorb_high_biases,
+    activation_aware_scales,
+    equalize,
+    find_cle_sets,
+    input_channel_ranges,
+    link_tensors,
+    output_channel_ranges,
+    pair_scales,
+    relu6_to_relu,
+    triplet_scales,
+)
+from calibration.fold import FoldedBN, fold_batch_norms
+from calibration.graph import GraphIndex, make_session, with_outputs
+from calibration.models.builder import GraphBuilder
+from calibration.profile import profile_channel_ranges
+
+RTOL = 1e-5
+
+
+def _bn_state(name: str, channels: int, rng: np.random.Generator, beta_scale: float = 1.0) -> dict[str, np.ndarray]:
+    return {
+        f"{name}.weight": rng.uniform(0.2, 3.0, channels) * rng.choice([-1, 1], channels),
+        f"{name}.bias": rng.normal(size=channels) * beta_scale,
+        f"{name}.running_mean": rng.normal(size=channels) * 0.1,
+        f"{name}.running_var": rng.uniform(0.5, 2.0, channels),
+    }
+
+
+def _conv_bn(b: GraphBuilder, x: str, name: str, weight: np.ndarray, rng: np.random.Generator,
+             group: int = 1) -> str:
+    y = b.conv(x, name, weight, None, group=group)
+    return b.batch_norm(y, f"{name}.bn", _bn_state(f"{name}.bn", weight.shape[0], rng), 1e-5)
+
+
+def mobile_block_model(seed: int = 0) -> onnx.ModelProto:
+    """c1 → ReLU6 → dw → ReLU6 → c3 → c4 → Relu → c5 (no group attribute) → fork(Add, c6)."""
+    rng = np.random.default_rng(seed)
+    w = lambda *shape: rng.normal(size=shape) * rng.uniform(0.05, 2.0, (shape[0],) + (1,) * (len(shape) - 1))  # noqa: E731
+    b = GraphBuilder("input", 3, 12, 12)
+    y = b.relu6(_conv_bn(b, "input", "c1", w(8, 3, 3, 3), rng), "a1")
+    y = b.relu6(_conv_bn(b, y, "dw", w(8, 1, 3, 3), rng, group=8), "a2")
+    y = _conv_bn(b, y, "c3", w(6, 8, 1, 1), rng)
+    y = b.relu(_conv_bn(b, y, "c4", w(12, 6, 1, 1), rng), "a4")
+    t5 = _conv_bn(b, y, "c5", w(6, 12, 3, 3), rng)
+    y = b.add(t5, _conv_bn(b, t5, "c6", w(6, 6, 3, 3), rng), "res")
+    model = b.build("block", [(b.gemm(b.global_avg_pool_flat(y, "head"), "fc", w(5, 6), rng.normal(size=5)), 5)])
+    c5 = next(n for n in model.graph.node if n.name == "c5")
+    kept = [a for a in c5.attribute if a.name != "group"]
+    del c5.attribute[:]
+    c5.attribute.extend(kept)
+    return model
+
+
+def _images(n: int = 6, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, 3, 12, 12)).astype(np.float32)
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray, outputs: list[str] | None = None) -> list[np.ndarray]:
+    if outputs is not None:
+        model = with_outputs(model, outputs)
+    return make_session(model).run(None, {"input": x})
+
+
+def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def _folded():
+    model = mobile_block_model()
+    folded_model, folded, skipped = fold_batch_norms(model)
+    assert not skipped
+    return model, folded_model, {f.layer: f for f in folded}
+
+
+def _weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    index = GraphIndex.build(model)
+    return {n.name: index.constant(n.input[1]) for n in model.graph.node if n.op_type == "Conv"}
+
+
+def test_set_search_finds_pairs_triplets_and_stops_at_forks():
+    _, folded_model, _ = _folded()
+    sets, skipped = find_cle_sets(folded_model)
+    assert [s.layers for s in sets] == [("c1", "dw", "c3"), ("c3", "c4"), ("c4", "c5")]
+    assert [[link.kind for link in s.links] for s in sets] == [["clip", "clip"], ["none"], ["relu"]]
+    assert [s.layers for s in skipped] == [("c5", "c6")]
+    assert "fork" in skipped[0].reason
+
+
+@pytest.mark.parametrize("option", ["exact", "skip", "iterate", "activation_aware"])
+def test_fold_and_cle_preserve_the_float_function(option: str):
+    model, folded_model, folded = _folded()
+    x = _images()
+    reference = _run(model, x)[0]
+    assert _rel_err(_run(folded_model, x)[0], reference) < RTOL
+    channel_ranges = None
+    if option == "activation_aware":
+        channel_ranges = profile_channel_ranges(folded_model, link_tensors(folded_model), _images(8, 2), 4)
+    result = equalize(folded_model, folded, relu6="skip" if option == "skip" else "exact",
+                      iterate=option == "iterate", channel_ranges=channel_ranges)
+    assert _rel_err(_run(result.model, x)[0], reference) < RTOL
+    assert result.report["sets"], "nothing was scaled"
+    if option == "skip":
+        assert [s["layers"] for s in result.report["sets"]] == [["c3", "c4"], ["c4", "c5"]]
+        assert any("relu6 mode 'skip'" in s["reason"] for s in result.report["skipped"])
+    else:  # exact ReLU6 became Relu → Min with per-channel bounds 6/s
+        assert sum(n.op_type == "Min" for n in result.model.graph.node) == 2
+
+
+def test_pair_and_triplet_ranges_become_equal():
+    _, folded_model, folded = _folded()
+    before = _weights(folded_model)
+    after = _weights(equalize(folded_model, folded).model)
+    # Triplet (c1, dw, c3): all three ranges become (r0·r1·r2)^(1/3) of the original weights.
+    target = np.cbrt(output_channel_ranges(before["c1"]) * output_channel_ranges(before["dw"])
+                     * input_channel_ranges(before["c3"], False))
+    np.testing.assert_allclose(output_channel_ranges(after["c1"]), target, rtol=RTOL)
+    np.testing.assert_allclose(output_channel_ranges(after["dw"]), target, rtol=RTOL)
+    # c3's input ranges were equalized before the pair (c3, c4) rescaled its outputs, so check
+    # the pairs themselves, which are the last sets to touch their ranges.
+    np.testing.assert_allclose(output_channel_ranges(after["c4"]), input_channel_ranges(after["c5"], False),
+                               rtol=RTOL)
+
+
+def test_iterating_equalizes_every_set_at_once():
+    _, folded_model, folded = _folded()
+    result = equalize(folded_model, folded, iterate=True)
+    w = _weights(result.model)
+    assert result.report["passes"] > 1
+    np.testing.assert_allclose(output_channel_ranges(w["c1"]), output_channel_ranges(w["dw"]), rtol=1e-3)
+    np.testing.assert_allclose(output_channel_ranges(w["dw"]), input_channel_ranges(w["c3"], False), rtol=1e-3)
+    np.testing.assert_allclose(output_channel_ranges(w["c3"]), input_channel_ranges(w["c4"], False), rtol=1e-3)
+    np.testing.assert_allclose(output_channel_ranges(w["c4"]), input_channel_ranges(w["c5"], False), rtol=1e-3)
+
+
+def test_residual_fork_is_not_scaled():
+    _, folded_model, folded = _folded()
+    result = equalize(folded_model, folded, iterate=True)
+    np.testing.assert_array_equal(_weights(result.model)["c6"], _weights(folded_model)["c6"])
+    x = _images()
+    fork_before = _run(folded_model, x, ["c5.bn.out"])[0]
+    fork_after = _run(result.model, x, ["c5.bn.out"])[0]
+    assert _rel_err(fork_after, fork_before) < RTOL
+
+
+def test_scale_math_guards_zero_and_non_finite_ranges():
+    r1 = np.array([4.0, 0.0, 1.0, np.inf])
+    r2 = np.array([1.0, 2.0, 0.0, 1.0])
+    np.testing.assert_array_equal(pair_scales(r1, r2), [2.0, 1.0, 1.0, 1.0])
+    s1, s2 = triplet_scales(np.array([8.0, 0.0]), np.array([1.0, 1.0]), np.array([1.0, 1.0]))
+    np.testing.assert_allclose(s1, [4.0, 1.0])
+    np.testing.assert_allclose(s2, [2.0, 1.0])  # ranges 8/4 = 1·4/2 = 1·2 = 2
+
+
+def test_activation_aware_without_activations_is_plain_cle_up_to_a_uniform_factor():
+    rng = np.random.default_rng(3)
+    r1, r2 = rng.uniform(0.01, 5, 16), rng.uniform(0.01, 5, 16)
+    (aware,) = activation_aware_scales([(r1, (-1,)), (r2, (1,))])
+    ratio = aware / pair_scales(r1, r2)
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-9)
+
+
+def test_activation_aware_scales_are_clamped():
+    r = np.ones(4)
+    act = np.array([1.0, 1.0, 1.0, 1e-9])  # a near-dead channel
+    (s,) = activation_aware_scales([(r, (-1,)), (act, (-1,)), (r, (1,))])
+    assert np.all(np.abs(np.log(s)) <= MAX_LOG_SCALE + 1e-12)
+    assert np.isclose(np.log(s[3]), -MAX_LOG_SCALE)
+
+
+def _clip_model(form: str) -> onnx.ModelProto:
+    """conv → Clip(0, 6) → conv, with the Clip bounds as attributes, Constant nodes or initializers."""
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array(rng.normal(size=(4, 3, 1, 1)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(size=(2, 4, 1, 1)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Conv", ["input", "w1"], ["t1"], name="c1")]
+    if form == "attributes":
+        nodes.append(helper.make_node("Clip", ["t1"], ["t2"], name="clip", min=0.0, max=6.0))
+    elif form == "constant_nodes":
+        for name, value in (("lo", 0.0), ("hi", 6.0)):
+            nodes.append(helper.make_node("Constant", [], [name], name=name,
+                                          value=numpy_helper.from_array(np.array(value, np.float32), name)))
+        nodes.append(helper.make_node("Clip", ["t1", "lo", "hi"], ["t2"], name="clip"))
+    else:
+        inits += [numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+                  numpy_helper.from_array(np.array(6.0, np.float32), "hi")]
+        nodes.append(helper.make_node("Clip", ["t1", "lo", "hi"], ["t2"], name="clip"))
+    nodes.append(helper.make_node("Conv", ["t2", "w2"], ["out"], name="c2"))
+    graph = helper.make_graph(nodes, "clip", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 10 if form == "attributes" else 17)])
+    model.ir_version = 5 if form == "attributes" else 8
+    return model
+
+
+@pytest.mark.parametrize("form", ["attributes", "constant_nodes", "initializers"])
+def test_every_clip_form_is_recognised(form: str):
+    model = _clip_model(form)
+    (cle_set,), skipped = find_cle_sets(model)
+    assert not skipped
+    assert cle_set.links[0].kind == "clip" and cle_set.links[0].bound == 6.0
+    x = np.random.default_rng(5).normal(size=(1, 3, 4, 4)).astype(np.float32) * 10
+    result = equalize(model, {})
+    assert _rel_err(_run(result.model, x)[0], _run(model, x)[0]) < RTOL
+    replaced, replaced_names, kept = relu6_to_relu(model)
+    assert replaced_names == ["clip"] and not kept
+    assert [n.op_type for n in replaced.graph.node if n.op_type in ("Clip", "Relu")] == ["Relu"]
+
+
+def test_a_clip_that_is_not_relu6_is_reported():
+    model = _clip_model("initializers")
+    index = GraphIndex.build(model)
+    index.set_constant("lo", np.array(-1.0, np.float32))
+    sets, skipped = find_cle_sets(model)
+    assert not sets
+    assert skipped[0].layers == ("c1", "c2") and "Clip(-1, 6)" in skipped[0].reason
+
+
+def test_relu6_to_relu_changes_the_function_only_above_six():
+    model = _clip_model("initializers")
+    replaced, _, _ = relu6_to_relu(model)
+    small = np.random.default_rng(6).uniform(0, 0.1, (1, 3, 4, 4)).astype(np.float32)
+    w1 = GraphIndex.build(model).constant("w1")
+    assert np.abs(w1).sum(axis=1).max() * 0.1 < 6  # pre-activations stay below 6
+    assert _rel_err(_run(replaced, small)[0], _run(model, small)[0]) < RTOL
+    large = small * 1000
+    assert _rel_err(_run(replaced, large)[0], _run(model, large)[0]) > 1e-2
+
+
+def _high_bias_model(relu6: bool) -> onnx.ModelProto:
+    """c1 (1×1) → BN with a large β → Relu or ReLU6 → c2 (1×1) → c3 (1×1): exact absorption."""
+    rng = np.random.default_rng(7)
+    b = GraphBuilder("input", 3, 5, 5)
+    y = b.conv("input", "c1", rng.normal(size=(4, 3, 1, 1)) * 0.1, rng.normal(size=4) * 0.1)
+    state = {"bn1.weight": np.array([0.5, -0.3, 0.4, 2.0]), "bn1.bias": np.array([10.0, 4.0, -1.0, 1.0]),
+             "bn1.running_mean": np.zeros(4), "bn1.running_var": np.ones(4)}
+    y = b.batch_norm(y, "bn1", state, 0.0)
+    y = b.relu6(y, "act") if relu6 else b.relu(y, "act")
+    y = b.conv(y, "c2", rng.normal(size=(3, 4, 1, 1)), rng.normal(size=3))
+    y = b.batch_norm(y, "bn2", _bn_state("bn2", 3, rng, beta_scale=5.0), 1e-5)
+    y = b.conv(y, "c3", rng.normal(size=(2, 3, 1, 1)), rng.normal(size=2))
+    return b.build("hba", [(b.global_avg_pool_flat(y, "head"), 2)])
+
+
+@pytest.mark.parametrize("relu6", [False, True])
+def test_high_bias_absorption_is_exact_where_no_preactivation_falls_below_c(relu6: bool):
+    model = _high_bias_model(relu6)
+    folded_model, folded_list, _ = fold_batch_norms(model)
+    folded = {f.layer: f for f in folded_list}
+    cle = equalize(folded_model, folded)  # scales β, γ; ReLU6 becomes exact per-channel Min
+    before = _weights(cle.model)
+    index = GraphIndex.build(cle.model)
+    b1, b2, b3 = (index.constant(n.input[2]) for n in cle.model.graph.node if n.op_type == "Conv")
+    result = absorb_high_biases(cle.model, cle.folded)
+
+    bn1, bn2 = cle.folded["c1"], cle.folded["c2"]
+    c1 = np.maximum(0.0, bn1.beta - 3 * np.abs(bn1.gamma))
+    if relu6:  # at most the per-channel bound 6/s, which then drops by c
+        minimum = next(n for n in cle.model.graph.node if n.op_type == "Min")
+        bound = index.constant(minimum.input[1]).reshape(-1)
+        c1 = np.minimum(c1, bound)
+    c2 = bn2.beta  # no activation between c2 and c3: all of β moves
+    assert c1[0] > 0 and c1[2] == 0  # channel 0 has a high bias, channel 2 a negative one
+    index = GraphIndex.build(result.model)
+    nb1, nb2, nb3 = (index.constant(n.input[2]) for n in result.model.graph.node if n.op_type == "Conv")
+    shift2 = before["c2"].sum(axis=(2, 3)) @ c1
+    np.testing.assert_allclose(nb1, b1 - c1, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(nb2, b2 + shift2 - (c2 + shift2), atol=1e-4)  # c2 absorbs its shifted β
+    np.testing.assert_allclose(nb3, b3 + before["c3"].sum(axis=(2, 3)) @ (c2 + shift2), rtol=1e-5, atol=1e-4)
+    if relu6:
+        minimum = next(n for n in result.model.graph.node if n.op_type == "Min")
+        np.testing.assert_allclose(index.constant(minimum.input[1]).reshape(-1), bound - c1, rtol=1e-6, atol=1e-6)
+    assert [a["activation"] for a in result.report["absorbed"]] == [("relu_min" if relu6 else "relu"), "none"]
+    np.testing.assert_allclose(result.report["absorbed"][0]["total"], c1.sum(), rtol=1e-6)
+
+    x = np.random.default_rng(8).uniform(0, 1, (4, 3, 5, 5)).astype(np.float32)
+    pre = _run(cle.model, x, ["bn1.out"])[0] if not relu6 else None
+    if pre is not None:
+        c = c1.reshape(1, -1, 1, 1)
+        assert np.all((pre >= c) | (c == 0))  # the data satisfy the exactness condition
+    assert _rel_err(_run(result.model, x)[0], _run(model, x)[0]) < RTOL
+    assert isinstance(result.folded["c1"], FoldedBN)
+    np.testing.assert_allclose(result.folded["c1"].beta, bn1.beta - c1, rtol=1e-6)
