@@ -1,0 +1,122 @@
+"""CLE / ReLU6-mode measurements on the 1000 shared images: float top-1 change of each ReLU6 mode,
+int8 (per-tensor or per-channel) top-1 and agreement with float per technique combination,
+whether ORT fuses every convolution, and int8 throughput (batch 32, median of repeats).
+
+    IMAGENET_SAMPLES_DIR=../shared/data/imagenet-samples .venv/bin/python -m benchmarks.cle_modes \
+        --workload mobilenetv2 --weights per-tensor
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from calibration.evaluate import accuracy, top1_agreement
+from calibration.graph import make_session, run_batches
+from calibration.model_source import import_float_model
+from calibration.pipeline import StepContext, load_workload_data, quantize, run_steps
+from harness.config import load_workload, parse_technique
+
+ROOT = Path(__file__).resolve().parents[1]
+COMBINATIONS = {
+    "plain": "fold_bn,profile",
+    "cle exact": "fold_bn,cle,profile",
+    "cle exact+hba": "fold_bn,cle,high_bias_absorption,profile",
+    "cle iterate": "fold_bn,cle:iterate,profile",
+    "cle skip_relu6": "fold_bn,cle:skip_relu6,profile",
+    "cle skip_relu6+hba": "fold_bn,cle:skip_relu6,high_bias_absorption,profile",
+    "relu6_to_relu+cle": "fold_bn,relu6_to_relu,cle,profile",
+    "relu6_to_relu+cle+hba": "fold_bn,relu6_to_relu,cle,high_bias_absorption,profile",
+    "cle activation_aware": "fold_bn,cle:activation_aware,profile",
+    "cle activation_aware+hba": "fold_bn,cle:activation_aware,high_bias_absorption,profile",
+}
+
+
+def throughput(model: onnx.ModelProto, images: np.ndarray, repeats: int) -> float:
+    """img/s at batch 32, median over ``repeats`` timed passes of 4 batches."""
+    session = make_session(model, optimize=True)
+    name = session.get_inputs()[0].name
+    batch = np.ascontiguousarray(images[:32])
+    session.run(None, {name: batch})
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(4):
+            session.run(None, {name: batch})
+        rates.append(4 * len(batch) / (time.perf_counter() - start))
+    return float(np.median(rates))
+
+
+def fused_ops(model: onnx.ModelProto) -> dict[str, int]:
+    """Op counts of ORT's optimized graph (to check that every Conv became QLinearConv)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(options.optimized_model_filepath)
+    counts: dict[str, int] = {}
+    for node in optimized.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workload", default="mobilenetv2")
+    parser.add_argument("--weights", default="per-tensor", choices=["per-tensor", "per-channel"])
+    parser.add_argument("--only", default="", help="comma-separated combination names")
+    parser.add_argument("--speed-repeats", type=int, default=0, help="0: no throughput measurement")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    config = load_workload(ROOT / "workloads" / f"{args.workload}.yaml")
+    float_model = import_float_model(config.model, ROOT / "build" / "wheels", ROOT)
+    dataset, calibration, evaluation = load_workload_data(config, ROOT, show_progress=False)
+    labels, offset = dataset.labels, config.model.label_offset
+    float_logits = run_batches(make_session(float_model, optimize=True), evaluation)
+    float_top1 = accuracy(float_logits, labels, offset).top1
+    rows = {"float": {"top1": float_top1}}
+    if args.speed_repeats:
+        rows["float"]["img_per_s"] = throughput(float_model, evaluation, args.speed_repeats)
+    chosen = [c for c in args.only.split(",") if c] or list(COMBINATIONS)
+    for name in chosen:
+        steps = tuple(parse_technique(t, "combination") for t in COMBINATIONS[name].split(","))
+        cfg = replace(config, calibration=replace(config.calibration, techniques=steps, weights=args.weights))
+        start = time.perf_counter()
+        state = run_steps(float_model, StepContext(cfg, calibration, show_progress=False))
+        int8_model, _ = quantize(state, args.weights == "per-channel")
+        seconds = time.perf_counter() - start
+        transformed = run_batches(make_session(state.model, optimize=True), evaluation)
+        int8_logits = run_batches(make_session(int8_model, optimize=True), evaluation)
+        ops = fused_ops(int8_model)
+        row = {
+            "float_top1_after_steps": accuracy(transformed, labels, offset).top1,
+            "float_top1_change": accuracy(transformed, labels, offset).top1 - float_top1,
+            "int8_top1": accuracy(int8_logits, labels, offset).top1,
+            "agreement": top1_agreement(float_logits, int8_logits),
+            "calibration_s": round(seconds, 1),
+            "float_conv_left": ops.get("Conv", 0), "qlinearconv": ops.get("QLinearConv", 0),
+            "float_min": sum(n.op_type == "Min" for n in int8_model.graph.node
+                             if not any(i.endswith(".input_quantized") for i in n.input)),
+            "uint8_min": sum(n.op_type == "Min" and any(i.endswith(".input_quantized") for i in n.input)
+                             for n in int8_model.graph.node),
+        }
+        if args.speed_repeats:
+            row["img_per_s"] = throughput(int8_model, evaluation, args.speed_repeats)
+        rows[name] = row
+        print(json.dumps({"workload": args.workload, "weights": args.weights, "combination": name, **row}),
+              flush=True)
+    print(json.dumps({"workload": args.workload, "float": rows["float"]}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
