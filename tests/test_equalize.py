@@ -291,3 +291,16 @@ def test_high_bias_absorption_is_exact_where_no_preactivation_falls_below_c(relu
     assert _rel_err(_run(result.model, x)[0], _run(model, x)[0]) < RTOL
     assert isinstance(result.folded["c1"], FoldedBN)
     np.testing.assert_allclose(result.folded["c1"].beta, bn1.beta - c1, rtol=1e-6)
+
+
+def test_cle_steps_must_sit_between_fold_bn_and_profile():
+    from calibration.errors import CalibrationError, WorkloadError
+    from calibration.pipeline import validate_steps
+    from harness.config import parse_technique
+
+    steps = lambda text: tuple(parse_technique(t, "TECHNIQUES") for t in text.split(","))  # noqa: E731
+    validate_steps(steps("fold_bn,relu6_to_relu,cle:activation_aware,high_bias_absorption,profile"))
+    with pytest.raises(CalibrationError, match="'cle' must come after 'fold_bn' and before 'profile'"):
+        validate_steps(steps("fold_bn,profile,cle"))
+    with pytest.raises(WorkloadError, match="does not take option"):
+        steps("cle:sideways")
