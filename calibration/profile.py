@@ -126,40 +126,44 @@ class _BoundRunner:
 
 def profile_activations(model: onnx.ModelProto, tensors: Sequence[str], images: np.ndarray, batch_size: int,
                         histogram_bins: int | None, show_progress: bool = True) -> dict[str, TensorStats]:
-    """Statistics of ``tensors`` over ``images``, streamed batch by batch."""
-    session = make_session(with_outputs(model, list(tensors)), optimize=True)
+    """Statistics of ``tensors`` over ``images``, streamed batch by batch.
+
+    Memory holds two batches of every profiled tensor (the bound output buffers), independent of
+    the number of images.
+    """
     feed = input_name(model)
+    outputs = [t for t in tensors if t != feed]  # the input's statistics come from the batches themselves
+    session = make_session(with_outputs(model, outputs), optimize=True)
     stats = {
         name: TensorStats(histogram=Histogram(histogram_bins) if histogram_bins else None) for name in tensors
     }
 
-    # ORT never writes a graph input bound as an output buffer, so the input's statistics come
-    # from the batches themselves (the buffer would hold stale data from an earlier batch).
-    def update(outputs: Sequence[np.ndarray], batch: np.ndarray) -> None:
-        for name, value in zip(tensors, outputs):
-            stats[name].update(batch if name == feed else value)
+    def update(values: Sequence[np.ndarray], batch: np.ndarray) -> None:
+        if feed in stats:
+            stats[feed].update(batch)
+        for name, value in zip(outputs, values):
+            stats[name].update(value)
 
     progress = tqdm(total=len(images), desc="profile", unit="img", disable=not show_progress)
-    first = session.run(list(tensors), {feed: np.ascontiguousarray(images[:batch_size])})
-    update(first, images[:batch_size])
-    progress.update(len(first[0]))
-    full_end = batch_size + (len(images) - batch_size) // batch_size * batch_size if len(images) > batch_size else 0
-    starts = list(range(batch_size, full_end, batch_size))
-    if starts:
-        runner = _BoundRunner(session, feed, tensors, [o.shape for o in first])
+    full_end = len(images) // batch_size * batch_size
+    if full_end:
+        probe = session.run(outputs, {feed: np.ascontiguousarray(images[:1])})  # output shapes only
+        runner = _BoundRunner(session, feed, outputs, [(batch_size, *p.shape[1:]) for p in probe])
+        del probe
+        starts = list(range(0, full_end, batch_size))
         with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(runner.run, images[starts[0] : starts[0] + batch_size], 0)
-            for k in range(len(starts)):
-                outputs = pending.result()
-                batch = images[starts[k] : starts[k] + batch_size]
+            pending = pool.submit(runner.run, images[0:batch_size], 0)
+            for k, start in enumerate(starts):
+                values = pending.result()
                 if k + 1 < len(starts):
                     nxt = starts[k + 1]
                     pending = pool.submit(runner.run, images[nxt : nxt + batch_size], (k + 1) % 2)
-                update(outputs, batch)
+                update(values, images[start : start + batch_size])
                 progress.update(batch_size)
-    if full_end and full_end < len(images):
-        update(session.run(list(tensors), {feed: np.ascontiguousarray(images[full_end:])}), images[full_end:])
-        progress.update(len(images) - full_end)
+    if full_end < len(images):
+        rest = np.ascontiguousarray(images[full_end:])
+        update(session.run(outputs, {feed: rest}), rest)
+        progress.update(len(rest))
     progress.close()
     return stats
 
