@@ -193,7 +193,9 @@ def _follow(conv: onnx.NodeProto, index: GraphIndex) -> tuple[onnx.NodeProto | N
         link = activation
         tensor = link.tensor
     nxt = users[0]
-    if nxt.input[0] != tensor or not index.is_constant(nxt.input[1]):
+    if nxt.input[0] != tensor:
+        return None, None, SkippedSet((conv.name, nxt.name), f"'{nxt.name}' reads '{tensor}' as a weight or bias")
+    if not index.is_constant(nxt.input[1]):
         return None, None, SkippedSet((conv.name, nxt.name), f"'{nxt.name}' has a non-constant weight")
     for node in (conv, nxt):
         weight = index.constant(node.input[1])
