@@ -41,7 +41,7 @@ results: $(STAMP)
 	$(PY) -m harness.cli results
 
 submission: $(STAMP)
-	$(PY) -m harness.cli submission --workload $(WORKLOAD) --profile $(PROFILE)
+	$(PY) -m harness.cli submission --workload $(WORKLOAD) --profile $(PROFILE) $(if $(SCENARIOS),--scenarios $(SCENARIOS))
 
 check-submission: $(STAMP)
 	$(PY) -m harness.cli check-submission

@@ -93,6 +93,47 @@ def cmd_results(_args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submission(args: argparse.Namespace) -> int:
+    from harness.config import load_workload
+    from harness.submission import PackageRequest, benchmark_rules, package, submission_root
+    from harness.submission_check import check_submission, format_report
+    from harness.submission_config import load_submission_config
+    from harness.system_info import read_machine
+
+    submission = load_submission_config(ROOT / "submission.yaml")
+    config = load_config(args)
+    benchmark_rules(config)
+    required = {"edge": "Offline,SingleStream,MultiStream", "datacenter": "Offline,Server"}
+    names = args.scenarios or ",".join(dict.fromkeys(
+        s for t in submission.system_type.split(",") for s in required[t.strip()].split(",")))
+    documented = tuple(load_workload(p) for p in sorted((ROOT / "workloads").glob("*.yaml")))
+    request = PackageRequest(config, ROOT, args.profile, tuple(n.strip() for n in names.split(",") if n.strip()),
+                             submission, read_machine(), documented)
+    org = package(request)
+    print(f"submission tree: {org}")
+    report = check_submission(submission_root(ROOT), submission_root(ROOT) / "accuracy-backup")
+    for line in format_report(report):
+        print(line)
+    return 0
+
+
+def cmd_check_submission(_args: argparse.Namespace) -> int:
+    from harness.submission import submission_root
+    from harness.submission_check import check_submission, format_report
+
+    root = submission_root(ROOT)
+    report = check_submission(root, root / "accuracy-backup")
+    for line in format_report(report):
+        print(line)
+    return 1 if report.problems else 0
+
+
+def add_submission_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", default="smoke", help="smoke (short) or submission (official durations)")
+    parser.add_argument("--scenarios", default="", help="comma-separated scenarios (default: the ones the "
+                        "system_type in submission.yaml requires)")
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenario", default="Offline", help="Offline, SingleStream, MultiStream or Server")
     parser.add_argument("--mode", default="both", help="accuracy, performance or both")
@@ -114,8 +155,11 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, bool]] = {
     "calibrate": (cmd_calibrate, "import, calibrate and evaluate the int8 model", True),
     "run": (cmd_run, "run LoadGen (accuracy and/or performance) on the calibrated model", True),
     "results": (cmd_results, "table of all runs under results/ (printed and written as CSV)", False),
+    "submission": (cmd_submission, "build the MLPerf submission tree under results/submission/", True),
+    "check-submission": (cmd_check_submission, "check results/submission/ against the MLPerf rules", False),
 }
-EXTRA_ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {"run": add_run_arguments}
+EXTRA_ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {"run": add_run_arguments,
+                                                                         "submission": add_submission_arguments}
 
 
 def build_parser() -> argparse.ArgumentParser:
