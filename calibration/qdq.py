@@ -101,7 +101,8 @@ def plan_quantization(model: onnx.ModelProto) -> QuantPlan:
             continue
         out = node.output[0]
         consumer = index.single_consumer(out)
-        if node.name in plan.fused and consumer is not None and constant_min_bound(consumer, index) is not None:
+        if (node.name in plan.fused and consumer is not None and consumer.output[0] not in outputs
+                and constant_min_bound(consumer, index) is not None):
             plan.integer_min[consumer.name] = out
             continue
         bound = _fusable_upper_bound(consumer, index) if consumer is not None else None
