@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from calibration.bias_correction import correct_biases
 from calibration.encodings import Encoding, activation_encoding, export_aimet_encodings
 from calibration.equalize import absorb_high_biases, equalize, link_tensors, relu6_to_relu
 from calibration.errors import CalibrationError
@@ -87,6 +88,15 @@ def step_profile(state: PipelineState, ctx: StepContext, _option: str | None) ->
     }
 
 
+def step_bias_correction(state: PipelineState, ctx: StepContext, option: str | None) -> None:
+    if state.plan is None:
+        raise CalibrationError("'bias_correction' needs activation encodings: put it after 'profile'")
+    result = correct_biases(state.model, ctx.calibration_images, ctx.config.calibration.weights == "per-channel",
+                            option or "empirical", state.folded, state.plan, state.activations)
+    state.model = result.model
+    state.report["bias_correction"] = {"method": option or "empirical", **result.report()}
+
+
 def step_relu6_to_relu(state: PipelineState, _ctx: StepContext, _option: str | None) -> None:
     state.model, replaced, kept = relu6_to_relu(state.model)
     state.report["relu6_to_relu"] = {"replaced": replaced, "kept": kept}
@@ -118,6 +128,7 @@ STEPS: dict[str, Step] = {
     "high_bias_absorption": step_high_bias_absorption,
     "fold_bn": step_fold_bn,
     "profile": step_profile,
+    "bias_correction": step_bias_correction,
 }
 
 
@@ -133,6 +144,8 @@ def validate_steps(steps: tuple[TechniqueStep, ...]) -> None:
     for name in ("relu6_to_relu", "cle", "high_bias_absorption"):
         if name in names and not names.index("fold_bn") < names.index(name) < names.index("profile"):
             raise CalibrationError(f"'{name}' must come after 'fold_bn' and before 'profile'")
+    if "bias_correction" in names and names.index("bias_correction") < names.index("profile"):
+        raise CalibrationError("'bias_correction' must come after 'profile': it corrects against the encodings")
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ TECHNIQUE_OPTIONS: dict[str, tuple[str | None, ...]] = {
     "relu6_to_relu": (None,),
     "cle": (None, "exact", "skip_relu6", "iterate", "activation_aware"),  # None: exact, one pass
     "high_bias_absorption": (None,),
+    "bias_correction": (None, "empirical", "analytical"),  # None: empirical
 }
 
 
