@@ -122,7 +122,7 @@ def run_scenario(spec: RunSpec) -> dict[str, Any]:
             "profile": spec.profile.name, "model": spec.model, "loadgen_version": detail.get("loadgen_version"),
             "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "performance_sample_count": outcome.performance_count, "batches_run": outcome.batches_run,
-            "measurement": asdict(outcome.measurement) if outcome.measurement else None,
+            "measurement": asdict(outcome.measurement),
             "harness": asdict(spec.harness), "loadgen_errors": detail.get("num_errors", 0),
         }
         if mode == "performance":

@@ -86,7 +86,7 @@ def batch_policy(scenario: str, cfg: HarnessConfig) -> BatchPolicy:
 
 
 def user_conf(scenario: str, cfg: HarnessConfig, profile: DurationProfile, performance_count: int,
-              measured: Measurement | None, header: str) -> str:
+              measured: Measurement, header: str) -> str:
     """The ``user.conf`` text: sample count, profile durations and the measured expected speed."""
     key = f"{cfg.mlperf_model}.{scenario}"
     lines = [f"# {header}", f"{cfg.mlperf_model}.*.performance_sample_count_override = {performance_count}"]
@@ -94,11 +94,11 @@ def user_conf(scenario: str, cfg: HarnessConfig, profile: DurationProfile, perfo
         lines.append(f"{key}.min_duration = {profile.min_duration_ms}")
     if profile.min_query_count is not None:
         lines.append(f"{key}.min_query_count = {profile.min_query_count[scenario]}")
-    if measured is not None and measured.offline_qps is not None:
+    if measured.offline_qps is not None:
         lines.append(f"{key}.target_qps = {measured.offline_qps * OFFLINE_QPS_MARGIN:.3f}")
-    if measured is not None and measured.multistream_latency_ms is not None:
+    if measured.multistream_latency_ms is not None:
         lines.append(f"{key}.target_latency = {measured.multistream_latency_ms * LATENCY_MARGIN:.4f}")
-    if measured is not None and measured.single_latency_ms is not None:
+    if measured.single_latency_ms is not None:
         if scenario == "Server":
             lines.append(f"{key}.target_qps = {cfg.server_load_factor * 1000.0 / measured.single_latency_ms:.3f}")
         else:

@@ -71,7 +71,8 @@ def test_accuracy_run_scores_every_sample(tmp_path: Path) -> None:
 
 def test_failed_inference_fails_the_run_and_keeps_nothing(tmp_path: Path) -> None:
     with pytest.raises(InferenceFailed, match="simulated kernel failure"):
-        run_scenario(spec(tmp_path, "Offline", "accuracy", functools.partial(FailingBackend, good_calls=2)))
+        # 4 calls measure the speed, 2 batches of 8 are answered, the third raises inside the SUT
+        run_scenario(spec(tmp_path, "Offline", "accuracy", functools.partial(FailingBackend, good_calls=6)))
     scenario_dir = tmp_path / "results" / "test" / "fake" / "Offline"
     assert list(scenario_dir.iterdir()) == []
 
