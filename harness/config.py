@@ -27,6 +27,7 @@ TECHNIQUE_OPTIONS: dict[str, tuple[str | None, ...]] = {
     "cle": (None, "exact", "skip_relu6", "iterate", "activation_aware"),  # None: exact, one pass
     "high_bias_absorption": (None,),
     "bias_correction": (None, "empirical", "analytical"),  # None: empirical
+    "auto": (None,),  # the technique search (calibration/search.py); must be the only entry
 }
 
 
@@ -194,8 +195,18 @@ def _build(cls: Any, data: Any, where: str) -> Any:
     return cls(**kwargs)
 
 
+def is_auto(techniques: tuple[TechniqueStep, ...]) -> bool:
+    return any(step.name == "auto" for step in techniques)
+
+
+def check_auto(techniques: tuple[TechniqueStep, ...], where: str) -> None:
+    if is_auto(techniques) and len(techniques) != 1:
+        raise WorkloadError(f"{where}: 'auto' picks the whole technique list; it cannot be combined with other steps")
+
+
 def _check(config: WorkloadConfig, where: str) -> None:
     cal = config.calibration
+    check_auto(cal.techniques, f"{where}: calibration.techniques")
     if cal.batch_size < 1:
         raise WorkloadError(f"{where}: calibration.batch_size must be at least 1")
     if cal.histogram_bins < 256:
@@ -260,4 +271,5 @@ def with_overrides(config: WorkloadConfig, weights: str | None = None, range_met
         if not items:
             raise WorkloadError("TECHNIQUES: empty list")
         changes["techniques"] = tuple(parse_technique(t, "TECHNIQUES") for t in items)
+        check_auto(changes["techniques"], "TECHNIQUES")
     return dataclasses.replace(config, calibration=dataclasses.replace(cal, **changes)) if changes else config

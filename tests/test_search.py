@@ -1,0 +1,54 @@
+"""TECHNIQUES=auto: it scores candidates on calibration images only, never on labels, and keeps the best."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import calibration.evaluate
+import harness.dataset
+from calibration.errors import WorkloadError
+from calibration.evaluate import top1_agreement
+from calibration.graph import make_session, run_batches
+from calibration.pipeline import StepContext, quantize
+from calibration.search import plot_scores, search_techniques
+from harness.config import parse_technique, with_overrides
+from tests.test_bias_correction import bn_model, config_with, images
+
+
+def forbid(*_args, **_kwargs):
+    raise AssertionError("the technique search touched evaluation labels")
+
+
+def test_auto_never_reads_labels_and_keeps_the_best(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setattr(harness.dataset.Dataset, "labels", property(forbid))
+    for name in ("read_val_map", "derive_val_map", "open_dataset", "workload_dataset", "load_tensors"):
+        monkeypatch.setattr(harness.dataset, name, forbid)
+    monkeypatch.setattr(calibration.evaluate, "accuracy", forbid)
+    data = images(48)
+    model = bn_model()
+    result = search_techniques(model, StepContext(config_with("auto"), data, False))
+
+    labels = [s.label for s in result.scores]
+    assert labels[:5] == ["none", "CLE", "CLE+BA", "CLE(act-aware)+BA", "ReLU6→ReLU+CLE+BA"]
+    stage_one = max(result.scores[:5], key=lambda s: s.key)
+    assert f"{stage_one.label}+BC(empirical)" in labels and f"{stage_one.label}+BC(analytical)" in labels
+    assert result.best.key == max(s.key for s in result.scores)
+    # the kept state is the winner's: re-quantizing it reproduces the recorded score
+    reference = run_batches(make_session(model, optimize=True), data)
+    int8_model, _ = quantize(result.state, per_channel=False)
+    assert top1_agreement(reference, run_batches(make_session(int8_model, optimize=True), data)) == pytest.approx(
+        result.best.agreement)
+    report = result.report()
+    assert report["chosen"] == result.best.label and len(report["candidates"]) == len(result.scores)
+    assert all(np.isfinite(c["agreement"]) for c in report["candidates"] if not c["error"])
+    plot_scores(result.scores, tmp_path / "search.png", "synthetic")
+    assert (tmp_path / "search.png").stat().st_size > 0
+
+
+def test_auto_must_stand_alone() -> None:
+    assert config_with("auto").calibration.techniques == (parse_technique("auto", "TECHNIQUES"),)
+    with pytest.raises(WorkloadError, match="cannot be combined"):
+        with_overrides(config_with("fold_bn,profile"), None, None, "fold_bn,auto,profile")
+    with pytest.raises(WorkloadError, match="does not take option"):
+        parse_technique("auto:fast", "TECHNIQUES")
