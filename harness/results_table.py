@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 COLUMNS = ["system", "workload", "scenario", "mode", "profile", "validity", "samples_per_s", "p50_ms", "p90_ms",
-           "p99_ms", "top1_pct", "float_top1_pct", "meets_target", "finished_utc"]
+           "p99_ms", "early_stopping_latency_ms", "top1_pct", "float_top1_pct", "meets_target", "finished_utc"]
 
 
 def collect(results_root: Path) -> pd.DataFrame:

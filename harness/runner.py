@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 import uuid
@@ -104,13 +105,24 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def remove_abandoned_staging(parent: Path) -> None:
+    """Staging directories left by a killed run (``.partial-<name>-<pid>-*`` whose process is gone)."""
+    for path in parent.glob(".partial-*"):
+        pid = path.name.split("-")[2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            log.info("removing %s, left by an interrupted run", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def run_scenario(spec: RunSpec) -> dict[str, Any]:
     """Run one scenario in one mode; return the summary written to ``summary.json``."""
     scenario = parse_scenario(spec.scenario)
     (mode,) = parse_mode(spec.mode)
     final = result_dir(spec.results_root, spec.harness.system, spec.workload, scenario, mode)
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".partial-{final.name}-", dir=final.parent))
+    remove_abandoned_staging(final.parent)
+    staging = Path(tempfile.mkdtemp(prefix=f".partial-{final.name.replace('-', '_')}-{os.getpid()}-",
+                                    dir=final.parent))
     try:
         request = RunRequest(scenario, mode, spec.profile, spec.harness, spec.tensors_path, spec.label_offset,
                              spec.backend_factory, staging,

@@ -105,3 +105,14 @@ def test_stray_audit_config_does_not_change_the_run(tmp_path: Path, monkeypatch:
     detail = read_detail_log(final / "mlperf_log_detail.txt")
     assert detail["effective_min_duration_ms"] == 300
     assert detail["effective_performance_issue_same"] is False
+
+
+def test_staging_left_by_a_killed_run_is_removed_by_the_next(tmp_path: Path) -> None:
+    parent = result_dir(tmp_path / "results", "test", "fake", "Offline", "accuracy").parent
+    abandoned = parent / ".partial-accuracy-999999999-abc"  # no such process
+    alive = parent / f".partial-accuracy-{os.getpid()}-abc"  # a concurrent run of this process
+    for path in (abandoned, alive):
+        path.mkdir(parents=True)
+        (path / "summary.json").write_text("{}")
+    run_scenario(spec(tmp_path, "Offline", "accuracy", OracleBackend))
+    assert not abandoned.exists() and alive.exists()
