@@ -77,9 +77,8 @@ class InferenceSUT:
     def flush_queries(self) -> None:
         """Nothing is held back beyond ``coalesce_ms``, so there is nothing to flush."""
 
-    def _coalesce(self, job: list[Sample]) -> list[Sample]:
-        assert self.policy.coalesce_ms is not None
-        deadline = time.monotonic() + self.policy.coalesce_ms / 1000.0
+    def _coalesce(self, job: list[Sample], timeout_ms: float) -> list[Sample]:
+        deadline = time.monotonic() + timeout_ms / 1000.0
         while len(job) < self.policy.max_batch:
             remaining = deadline - time.monotonic()
             try:
@@ -98,14 +97,14 @@ class InferenceSUT:
             if job is _STOP:
                 return
             if self.policy.coalesce_ms is not None:
-                job = self._coalesce(job)
+                job = self._coalesce(job, self.policy.coalesce_ms)
             try:
                 labels = self.infer([s.index for s in job])
+                self.respond([s.id for s in job], labels)
             except BaseException as err:  # handed on, never swallowed: the run fails
                 self.on_error(err)
                 return
             self.batches_run += 1
-            self.respond([s.id for s in job], labels)
 
     def infer(self, indices: Sequence[int]) -> np.ndarray:
         scores = self.backend.predict(self.qsl.batch(indices))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -29,10 +30,22 @@ def calibration_reference(config: WorkloadConfig, root: Path) -> dict[str, float
     return {k: float(evaluation[k]) for k in ("float_top1", "int8_top1") if k in evaluation}
 
 
-def ensure_model(config: WorkloadConfig, root: Path, precision: Precision) -> Path:
-    path = build_dir(root, config.name) / f"model.{precision}.onnx"
+def calibrated_with(config: WorkloadConfig, root: Path) -> bool:
+    """Whether build/<name>/ was calibrated with the workload's current calibration settings."""
+    path = build_dir(root, config.name) / "calibration_report.json"
     if not path.is_file():
-        log.info("%s is missing: calibrating %s first", path, config.name)
+        return False
+    wanted = {**dataclasses.asdict(config.calibration),
+              "techniques": [str(step) for step in config.calibration.techniques]}
+    recorded = json.loads(path.read_text()).get("calibration", {})
+    return all(recorded.get(k) == v for k, v in wanted.items() if k != "batch_size")  # batch size: speed only
+
+
+def ensure_model(config: WorkloadConfig, root: Path, precision: Precision) -> Path:
+    """The model to run; calibrates first when it is missing or was built with other calibration settings."""
+    path = build_dir(root, config.name) / f"model.{precision}.onnx"
+    if not path.is_file() or not calibrated_with(config, root):
+        log.info("%s is missing or stale: calibrating %s first", path, config.name)
         summary = calibrate(config, root)
         path = summary.int8_model if precision == "int8" else summary.fp32_model
     return path

@@ -89,3 +89,21 @@ def test_user_conf_layers_over_mlperf_conf_in_every_run(tmp_path: Path) -> None:
     settings = loadgen_settings("Server", "performance", cfg, path)
     assert settings.min_duration_ms == 600000 and settings.server_target_latency_ns == 15_000_000
     assert settings.server_target_qps == pytest.approx(125.0)
+
+
+def test_run_recalibrates_when_the_build_used_other_settings(tmp_path: Path) -> None:
+    import dataclasses
+    import json
+
+    from harness.config import with_overrides
+    from harness.workflow import calibrated_with
+
+    config = workload_from_dict(workload_dict(), "w.yaml")
+    assert not calibrated_with(config, tmp_path)  # nothing built yet
+    report = tmp_path / "build" / config.name / "calibration_report.json"
+    report.parent.mkdir(parents=True)
+    recorded = {**dataclasses.asdict(config.calibration), "batch_size": 999,
+                "techniques": [str(s) for s in config.calibration.techniques]}
+    report.write_text(json.dumps({"calibration": recorded}))
+    assert calibrated_with(config, tmp_path)
+    assert not calibrated_with(with_overrides(config, weights="per-tensor"), tmp_path)
