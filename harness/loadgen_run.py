@@ -179,6 +179,8 @@ def run_isolated(request: RunRequest) -> RunOutcome:
         receiver.close()
     if kind == "ok":
         return payload
+    if child.exitcode == -signal.SIGINT:  # Ctrl-C reached the child first
+        raise KeyboardInterrupt
     if kind == "inference":
         raise InferenceFailed(f"{request.scenario} {request.mode} run failed: inference raised {payload}")
     if kind == "setup":

@@ -123,6 +123,7 @@ def run_scenario(spec: RunSpec) -> dict[str, Any]:
     remove_abandoned_staging(final.parent)
     staging = Path(tempfile.mkdtemp(prefix=f".partial-{final.name.replace('-', '_')}-{os.getpid()}-",
                                     dir=final.parent))
+    staging.chmod(0o755)  # mkdtemp's 0700 would make the published result private
     try:
         request = RunRequest(scenario, mode, spec.profile, spec.harness, spec.tensors_path, spec.label_offset,
                              spec.backend_factory, staging,
