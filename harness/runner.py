@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from calibration.errors import HarnessError
 from harness.accuracy import compare, read_predictions, score
 from harness.backend import Backend
 from harness.config import HarnessConfig
@@ -143,6 +144,8 @@ def run_scenario(spec: RunSpec) -> dict[str, Any]:
         else:
             log_path = staging / "mlperf_log_accuracy.json"
             result = score(read_predictions(log_path), spec.labels, log_path)
+            if result.total != len(spec.labels):
+                raise HarnessError(f"{log_path}: answers {result.total} of the {len(spec.labels)} samples")
             (staging / "accuracy.txt").write_text(result.mlperf_line() + "\n")
             summary["accuracy"] = compare(result, spec.reference_top1, spec.target_ratio)
             summary["accuracy"]["mlperf_line"] = result.mlperf_line()
