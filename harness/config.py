@@ -82,7 +82,7 @@ class CalibrationConfig:
     range: RangeMethod = "mean_minmax"
     percentile: float = 99.99
     histogram_bins: int = 2048
-    batch_size: int = 16
+    batch_size: int = 4  # profiling holds two batches of every activation: 4 keeps calibration under 1 GiB
 
 
 @dataclass(frozen=True)
