@@ -1,3 +1,5 @@
+# ruff: noqa: E402
+# (the imports follow the sys.path fix below)
 """One-off check that the torch-free model import reproduces PyTorch, run outside the test suite.
 
 It needs torch, so it runs in its own virtual environment, never the project's. From the repository root:
@@ -24,14 +26,19 @@ The figures go to ``results/benchmarks/torch_equivalence.json``.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# Run as a script, sys.path[0] is benchmarks/, whose calibration.py would shadow the calibration package.
+sys.path[0] = str(ROOT)
+
 import argparse
 import io
 import json
 import os
 import platform
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,7 +55,6 @@ from harness.config import WorkloadConfig, load_workload
 from harness.dataset import derive_val_map, load_tensors
 from harness.sample_data import fill_sample_images
 
-ROOT = Path(__file__).resolve().parents[1]
 WORKLOADS = ("mobilenetv2", "efficientnet-lite0")
 
 
