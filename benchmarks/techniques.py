@@ -1,0 +1,287 @@
+# ruff: noqa: E402
+# (the imports follow the sys.path fix below)
+"""Accuracy by technique combination (CLE, high-bias absorption, bias correction, auto) with the peers.
+
+One table per model (MobileNetV2, EfficientNet-Lite0) on the 1000 sample images, calibrated on the 500
+even-position images. Rows: none, CLE, CLE+BA, CLE+BA+BC (empirical), CLE+BA+BC (analytical) and auto,
+per-tensor and per-channel, then the peers measured in the same run: ONNX Runtime ``quantize_static``
+(MinMax), NNCF 3.4.0 (fast and full bias correction; per-channel, its default), AIMET-ONNX 2.42.0
+(CLE + QuantSim; per-tensor, its default). Every quantizer runs as a child process
+(``benchmarks/peers/run_peer.py``), ours through this file's ``quantize`` sub-command, so its time and
+peak memory are its own. Every int8 model is evaluated here with ORT_ENABLE_ALL: top-1/top-5, drop,
+agreement with float (all images, calibration half, held-out half), logit SQNR, and throughput (batch 32,
+median of repeats). A peer that cannot run gets its reason in the ``error`` column.
+
+    python benchmarks/techniques.py                                  # everything (long: about an hour here)
+    python benchmarks/techniques.py --models mobilenetv2 --weights per-tensor --rows none CLE+BA auto --peers
+    python benchmarks/techniques.py quantize FP32 CAL.npy OUT.onnx --workload W --weights per-tensor \
+        --techniques fold_bn,cle,profile                             # one of our rows (the child process)
+
+Writes results/benchmarks/techniques.json (staged, then renamed; rows of an earlier run that this run did
+not measure are kept, each row carrying its own figures) and
+build/<model>/plots/accuracy_by_technique.png (int8 top-1 by row).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[0] = str(ROOT)  # run as a script, sys.path[0] is benchmarks/, whose calibration.py shadows the package
+
+import argparse
+import json
+import logging
+import os
+import platform
+import time
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+
+from benchmarks.calibration import evaluate, save_array, write_json
+from benchmarks.peers.run_peer import PeerError, run_measured
+from calibration.graph import load_model, save_model
+from calibration.model_source import import_float_model
+from calibration.pipeline import StepContext, build_dir, held_out_agreement, load_workload_data, quantize, run_steps
+from harness.config import is_auto, load_workload, with_overrides
+from harness.sample_data import fill_sample_images
+
+log = logging.getLogger("bench-techniques")
+
+MODELS = ("mobilenetv2", "efficientnet-lite0")
+ROWS: dict[str, str] = {
+    "none": "fold_bn,profile",
+    "CLE": "fold_bn,cle,profile",
+    "CLE+BA": "fold_bn,cle,high_bias_absorption,profile",
+    "CLE+BA+BC(emp)": "fold_bn,cle,high_bias_absorption,profile,bias_correction:empirical",
+    "CLE+BA+BC(analytical)": "fold_bn,cle,high_bias_absorption,profile,bias_correction:analytical",
+    "auto": "auto",
+}
+PEERS = ("ort-static", "nncf-fast-bc", "nncf-full-bc", "aimet")
+
+
+def peer_command(peer: str, weights: str, fp32: Path, calibration: Path, output: Path) -> list[str] | str | None:
+    """The peer's command line, why it cannot run, or None where it does not offer this granularity
+    (NNCF's default is per-channel weights, AIMET's default QuantSim config per-tensor)."""
+    common = [str(fp32), str(calibration), str(output)]
+    if peer == "ort-static":
+        return [sys.executable, "-m", "benchmarks.peers.ort_static", *common, "--method", "MinMax",
+                *(["--per-channel"] if weights == "per-channel" else [])]
+    if peer.startswith("nncf"):
+        if weights != "per-channel":
+            return None
+        python = ROOT / ".venv-nncf" / "bin" / "python"
+        flag = "--fast-bias-correction" if peer == "nncf-fast-bc" else "--full-bias-correction"
+        return [str(python), str(ROOT / "benchmarks" / "peers" / "nncf_quantize.py"), *common, flag] \
+            if python.is_file() else "no .venv-nncf (bash benchmarks/peers/setup.sh nncf)"
+    if weights != "per-tensor":
+        return None
+    python = ROOT / ".venv-aimet" / "bin" / "python"
+    return [str(python), str(ROOT / "benchmarks" / "peers" / "aimet_quantize.py"), *common] \
+        if python.is_file() else "no .venv-aimet (bash benchmarks/peers/setup.sh aimet)"
+
+
+def our_command(name: str, weights: str, techniques: str, fp32: Path, calibration: Path, output: Path
+                ) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "quantize", str(fp32), str(calibration), str(output),
+            "--workload", name, "--weights", weights, "--techniques", techniques]
+
+
+def quantize_child(args: argparse.Namespace) -> int:
+    """One of our rows: the technique steps (or the auto search) and the QDQ writer; the report beside it."""
+    from calibration.search import search_techniques
+
+    config = with_overrides(load_workload(ROOT / "workloads" / f"{args.workload}.yaml"), args.weights, None,
+                            args.techniques)
+    images = np.load(args.calibration, mmap_mode="r")
+    model = load_model(args.fp32)
+    ctx = StepContext(config, images, show_progress=False)
+    if is_auto(config.calibration.techniques):
+        search = search_techniques(model, ctx)
+        state = search.state
+        state.report["technique_search"] = search.report()
+    else:
+        state = run_steps(model, ctx)
+    int8_model, _ = quantize(state, config.calibration.weights == "per-channel")
+    save_model(int8_model, args.output)
+    write_json(state.report, args.output.with_suffix(".report.json"))
+    return 0
+
+
+def bench_model(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    config = load_workload(ROOT / "workloads" / f"{name}.yaml")
+    work = ROOT / "build" / "bench-techniques" / name
+    work.mkdir(parents=True, exist_ok=True)
+    fp32 = work / "model.fp32.onnx"
+    save_model(import_float_model(config.model, ROOT / "build" / "wheels", ROOT), fp32)
+    dataset, calibration, evaluation = load_workload_data(config, ROOT, show_progress=False)
+    calibration_path = work / "calibration.npy"
+    save_array(calibration, calibration_path)
+    evaluation = np.asarray(evaluation)
+    labels, offset = dataset.labels, config.model.label_offset
+    in_calibration = np.isin(dataset.names, dataset.calibration_names)
+    float_figures, float_logits = evaluate(fp32, evaluation, labels, offset, None, args)
+    base = {"model": name, "float_top1": float_figures["top1"], "float_top5": float_figures["top5"]}
+    rows: list[dict[str, Any]] = [{**base, "row": "float", "weights": "-", "tool": "float",
+                                   "img_per_s": float_figures["img_per_s"]}]
+    jobs: list[tuple[str, str, str, list[str] | str | None, Path]] = []
+    for weights in args.weights:
+        for row in args.rows:
+            output = work / f"ours-{row}-{weights}.int8.onnx"
+            jobs.append(("ours", row, weights, our_command(name, weights, ROWS[row], fp32, calibration_path, output),
+                         output))
+        for peer in args.peers:
+            output = work / f"{peer}-{weights}.int8.onnx"
+            jobs.append((peer, peer, weights, peer_command(peer, weights, fp32, calibration_path, output), output))
+    for tool, row_name, weights, command, output in jobs:
+        row: dict[str, Any] = {**base, "row": row_name, "weights": weights, "tool": tool}
+        if command is None:
+            continue  # a granularity the peer does not offer: no row
+        if isinstance(command, str):
+            rows.append({**row, "error": command})
+            continue
+        log.info("%s: %s %s", name, row_name, weights)
+        try:
+            seconds, peak_bytes = run_measured(command, ROOT)
+        except PeerError as err:
+            log.error("%s: %s %s failed: %s", name, row_name, weights, err)
+            rows.append({**row, "error": str(err).splitlines()[-1]})
+            continue
+        figures, logits = evaluate(output, evaluation, labels, offset, float_logits, args)
+        row.update({"int8_top1": figures["top1"], "int8_top5": figures["top5"],
+                    "drop": float_figures["top1"] - figures["top1"], "agreement": figures["agreement"],
+                    **held_out_agreement(float_logits, logits, in_calibration), "sqnr_db": figures["sqnr_db"],
+                    "calib_s": seconds, "peak_gib": peak_bytes / (1 << 30), "img_per_s": figures["img_per_s"]})
+        report = output.with_suffix(".report.json")
+        if tool == "ours" and report.is_file():
+            row["report"] = _row_report(json.loads(report.read_text()))
+        rows.append(row)
+        log.info("%s: %s %s top-1 %.3f agreement %.3f (held out %.3f) in %.0f s", name, row_name, weights,
+                 figures["top1"], figures["agreement"], row["agreement_held_out"], seconds)
+    return rows
+
+
+def _row_report(report: dict[str, Any]) -> dict[str, Any]:
+    """What the table keeps of our report: the auto search's choice and scores, the BC summary."""
+    kept: dict[str, Any] = {}
+    if "technique_search" in report:
+        kept["technique_search"] = report["technique_search"]
+    if "bias_correction" in report:
+        kept["bias_correction"] = {k: v for k, v in report["bias_correction"].items() if k != "layers"}
+    return kept
+
+
+def plot_rows(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Int8 top-1 by technique combination (ours and peers), float top-1 as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = [r for r in rows if "int8_top1" in r]
+    if not measured:
+        return
+    labels = [f"{r['row']} ({r['weights']})" for r in measured]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(9, 0.4 * len(measured) + 1.5))
+    colors = ["tab:blue" if r["tool"] == "ours" else "tab:gray" for r in measured]
+    ax.barh(labels, [100 * r["int8_top1"] for r in measured], color=colors)
+    for i, r in enumerate(measured):
+        ax.text(100 * r["int8_top1"], i, f" {100 * r['int8_top1']:.1f} ({100 * r['agreement']:.1f} % agr.)",
+                va="center", fontsize=8)
+    ax.axvline(100 * measured[0]["float_top1"], color="tab:red", linestyle="--", label="float")
+    ax.set_xlim(max(0.0, min(100 * r["int8_top1"] for r in measured) - 10), 100)
+    ax.set_xlabel("int8 top-1 on the 1000 images (%)")
+    ax.set_title(title)
+    ax.invert_yaxis()
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="accuracy by technique combination, with the peers")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--rows", nargs="*", choices=list(ROWS), default=list(ROWS), help="our rows (none: skip)")
+    parser.add_argument("--peers", nargs="*", choices=PEERS, default=list(PEERS), help="peers (none: skip)")
+    parser.add_argument("--weights", nargs="+", choices=["per-tensor", "per-channel"],
+                        default=["per-tensor", "per-channel"])
+    parser.add_argument("--batch-size", type=int, default=32, help="inference batch for evaluation and speed")
+    parser.add_argument("--batches", type=int, default=4, help="batches per timed throughput pass")
+    parser.add_argument("--repeats", type=int, default=5, help="timed throughput passes (the median is kept)")
+    parser.add_argument("--output", type=Path, default=ROOT / "results" / "benchmarks" / "techniques.json")
+    return parser.parse_args()
+
+
+def parse_child_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="one of our technique rows (run as a child process)")
+    parser.add_argument("fp32", type=Path)
+    parser.add_argument("calibration", type=Path)
+    parser.add_argument("output", type=Path)
+    parser.add_argument("--workload", required=True)
+    parser.add_argument("--weights", choices=["per-tensor", "per-channel"], required=True)
+    parser.add_argument("--techniques", required=True)
+    return parser.parse_args(argv)
+
+
+def merged_rows(path: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """This run's rows, plus an earlier file's rows for the (model, row, weights) this run did not measure."""
+    if not path.is_file():
+        return rows
+    fresh = {(r["model"], r["row"], r["weights"]) for r in rows}
+    kept = [r for r in json.loads(path.read_text())["rows"] if (r["model"], r["row"], r["weights"]) not in fresh]
+    return kept + rows
+
+
+def print_tables(rows: list[dict[str, Any]]) -> None:
+    columns = ["row", "weights", "float_top1", "float_top5", "int8_top1", "int8_top5", "drop", "agreement",
+               "agreement_calibration", "agreement_held_out", "sqnr_db", "calib_s", "peak_gib", "img_per_s",
+               "error"]
+    table = pd.DataFrame(rows)
+    for name, group in table.groupby("model", sort=False):
+        shown = group[[c for c in columns if c in group]].fillna("")
+        with pd.option_context("display.max_columns", None, "display.width", 250, "display.float_format",
+                               "{:.3f}".format):
+            print(f"\n{name}\n{shown.to_string(index=False)}")
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if len(sys.argv) > 1 and sys.argv[1] == "quantize":
+        return quantize_child(parse_child_args(sys.argv[2:]))
+    args = parse_args()
+    samples = os.environ.get("IMAGENET_SAMPLES_DIR", "").strip()
+    fill_sample_images(ROOT / "data" / "imagenet-samples", Path(samples) if samples else None)
+    started = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    for name in args.models:
+        model_rows = bench_model(name, args)
+        plot_rows(model_rows, build_dir(ROOT, name) / "plots" / "accuracy_by_technique.png",
+                  f"{name}: int8 top-1 by technique combination (1000 images)")
+        rows.extend(model_rows)
+    document = {
+        "environment": {"python": platform.python_version(), "onnxruntime": ort.__version__,
+                        "numpy": np.__version__, "cpus": os.cpu_count(), "machine": platform.machine()},
+        "settings": {"calibration_images": "500 even-position sample images", "evaluation_images": 1000,
+                     "held_out": "agreement_held_out: the 500 odd-position images, never used for calibration",
+                     "batch_size": args.batch_size, "batches": args.batches, "repeats": args.repeats,
+                     "graph_optimization": "ORT_ENABLE_ALL", "rows": {r: ROWS[r] for r in args.rows},
+                     "peers": args.peers},
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "rows": merged_rows(args.output, rows),
+    }
+    write_json(document, args.output)
+    print_tables(rows)
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
