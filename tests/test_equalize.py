@@ -304,3 +304,15 @@ def test_cle_steps_must_sit_between_fold_bn_and_profile():
         validate_steps(steps("fold_bn,profile,cle"))
     with pytest.raises(WorkloadError, match="does not take option"):
         steps("cle:sideways")
+
+
+def test_high_bias_absorption_skips_layers_that_zero_pad_their_input():
+    _, folded_model, folded = _folded()
+    result = absorb_high_biases(folded_model, folded)
+    skipped = {tuple(s["layers"]): s["reason"] for s in result.report["skipped"]}
+    absorbed = [tuple(a["layers"]) for a in result.report["absorbed"]]
+    assert "zero-pads" in skipped[("c1", "dw")] and "zero-pads" in skipped[("c4", "c5")]
+    assert "scalar Clip" in skipped[("dw", "c3")]
+    assert absorbed == [("c3", "c4")]  # into a 1×1 conv with no activation between: all of β, exactly
+    x = _images()
+    assert _rel_err(_run(result.model, x)[0], _run(folded_model, x)[0]) < RTOL
