@@ -164,18 +164,22 @@ def test_scale_math_guards_zero_and_non_finite_ranges():
 
 def test_activation_aware_without_activations_is_plain_cle_up_to_a_uniform_factor():
     rng = np.random.default_rng(3)
-    r1, r2 = rng.uniform(0.01, 5, 16), rng.uniform(0.01, 5, 16)
+    r1, r2 = rng.uniform(0.5, 5, 16), rng.uniform(0.5, 5, 16)  # above the floor (a tenth of the median)
     (aware,) = activation_aware_scales([(r1, (-1,)), (r2, (1,))])
     ratio = aware / pair_scales(r1, r2)
     np.testing.assert_allclose(ratio, ratio[0], rtol=1e-9)
 
 
-def test_activation_aware_scales_are_clamped():
+def test_activation_aware_scales_are_clamped_and_dead_channels_floored():
     r = np.ones(4)
-    act = np.array([1.0, 1.0, 1.0, 1e-9])  # a near-dead channel
-    (s,) = activation_aware_scales([(r, (-1,)), (act, (-1,)), (r, (1,))])
+    (s,) = activation_aware_scales([(np.array([1.0, 1.0, 1.0, np.exp(20.0)]), (-1,)), (r, (1,))])
     assert np.all(np.abs(np.log(s)) <= MAX_LOG_SCALE + 1e-12)
-    assert np.isclose(np.log(s[3]), -MAX_LOG_SCALE)
+    assert np.isclose(np.log(s[3]), MAX_LOG_SCALE)
+    # A near-dead activation channel counts as a tenth of the median, not as 1e-9.
+    (dead,) = activation_aware_scales([(r, (-1,)), (np.array([1.0, 1.0, 1.0, 1e-9]), (-1,)), (r, (1,))])
+    (tenth,) = activation_aware_scales([(r, (-1,)), (np.array([1.0, 1.0, 1.0, 0.1]), (-1,)), (r, (1,))])
+    np.testing.assert_allclose(dead, tenth, rtol=1e-12)
+    assert np.abs(np.log(dead)).max() < MAX_LOG_SCALE
 
 
 def _clip_model(form: str) -> onnx.ModelProto:
