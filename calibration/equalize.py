@@ -460,6 +460,8 @@ def equalize(model: onnx.ModelProto, folded: dict[str, FoldedBN], relu6: Relu6Mo
                    "median_abs_log": float(np.median(np.abs(np.log(out_scales))))},
         "depthwise_ranges": {n: {"before": before[n], "after": output_channel_ranges(ws.layers[n].weight).tolist()}
                              for n in dw_names},
+        # Exact ReLU6: each clip's per-channel bounds c/s after scaling (the per-tensor range follows the largest).
+        "relu6_bounds": {tensor: {"min": float(b.min()), "max": float(b.max())} for tensor, b in ws.bounds.items()},
     }
     log.info("CLE: %d sets scaled, %d skipped, %d pass(es)", len(active), len(skipped), passes)
     return EqualizationResult(ws.write_back(active), new_folded, report)
