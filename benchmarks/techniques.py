@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import platform
+import statistics
 import time
 from typing import Any
 
@@ -42,9 +43,9 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
-from benchmarks.calibration import evaluate, save_array, write_json
 from benchmarks.peers.run_peer import PeerError, run_measured
-from calibration.graph import load_model, save_model
+from calibration.evaluate import accuracy, sqnr_db, top1_agreement
+from calibration.graph import load_model, make_session, run_batches, save_model
 from calibration.model_source import import_float_model
 from calibration.pipeline import StepContext, build_dir, held_out_agreement, load_workload_data, quantize, run_steps
 from harness.config import is_auto, load_workload, with_overrides
@@ -62,6 +63,46 @@ ROWS: dict[str, str] = {
     "auto": "auto",
 }
 PEERS = ("ort-static", "nncf-fast-bc", "nncf-full-bc", "aimet")
+
+
+def throughput(session: ort.InferenceSession, images: np.ndarray, args: argparse.Namespace) -> float:
+    """Median images per second over ``args.repeats`` timed passes of ``args.batches`` batches, after a warm-up."""
+    name = session.get_inputs()[0].name
+    feeds = [np.ascontiguousarray(images[i * args.batch_size:(i + 1) * args.batch_size]) for i in range(args.batches)]
+    session.run(None, {name: feeds[0]})
+    rates = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        for feed in feeds:
+            session.run(None, {name: feed})
+        rates.append(args.batch_size * args.batches / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def evaluate(model_path: Path, images: np.ndarray, labels: np.ndarray, label_offset: int,
+             float_logits: np.ndarray | None, args: argparse.Namespace) -> tuple[dict[str, float], np.ndarray]:
+    """Top-1/top-5, agreement and SQNR against float (when given), throughput; ORT_ENABLE_ALL."""
+    session = make_session(load_model(model_path), optimize=True)
+    logits = run_batches(session, images, batch_size=args.batch_size)
+    acc = accuracy(logits, labels, label_offset)
+    figures = {"top1": acc.top1, "top5": acc.top5, "img_per_s": throughput(session, images, args)}
+    if float_logits is not None:
+        figures["agreement"] = top1_agreement(float_logits, logits)
+        figures["sqnr_db"] = sqnr_db(float_logits, logits)
+    return figures, logits
+
+
+def save_array(array: np.ndarray, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
+    np.save(tmp, np.ascontiguousarray(array))
+    tmp.replace(path)
+
+
+def write_json(document: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(document, indent=1) + "\n")
+    tmp.replace(path)
 
 
 def peer_command(peer: str, weights: str, fp32: Path, calibration: Path, output: Path) -> list[str] | str | None:
