@@ -33,6 +33,7 @@ import logging
 import os
 import platform
 import statistics
+import subprocess
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -184,6 +185,16 @@ def add_ratios(rows: list[dict[str, Any]], float_rate: float) -> None:
             row["speed_vs_ort_minmax"] = row["img_per_s"] / base["img_per_s"]
 
 
+def source_state() -> dict[str, Any]:
+    """The commit measured, and whether the working tree had uncommitted changes to tracked files."""
+    def git(*arguments: str) -> str:
+        result = subprocess.run(["git", *arguments], cwd=ROOT, capture_output=True, text=True, check=False)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    return {"commit": git("rev-parse", "HEAD") or "unknown",
+            "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
 def write_json(document: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -213,9 +224,11 @@ def main() -> int:
     fill_sample_images(ROOT / "data" / "imagenet-samples", Path(samples) if samples else None)
     runs = [Run("ort", m, w) for w in args.weights for m in args.ort] + \
            [Run("ours", m, w) for w in args.weights for m in args.ours]
+    source = source_state()
     started = time.perf_counter()
     rows = [row for name in args.models for row in bench_model(name, runs, args)]
     document = {
+        "source": source,
         "environment": {"python": platform.python_version(), "onnxruntime": ort.__version__,
                         "numpy": np.__version__, "cpus": os.cpu_count(), "machine": platform.machine()},
         "settings": {"calibration_images": "500 even-position sample images", "evaluation_images": 1000,
