@@ -15,8 +15,9 @@ statistics (the image input, or a sum with such a tensor) fall back to the empir
 The int8 weights assumed here come from ``qdq.quantized_weights``, the function that writes them
 into the int8 model, so they are bit-identical to the deployed ones.
 
-The images are split: the first ``fit_images`` fit the shifts, the next ``check_images`` measure
-each layer's mean error before and after its correction on images the fit did not see.
+The images are split into two disjoint subsets spread evenly over the list (calibration lists are
+often sorted by class): ``fit_images`` fit the shifts, ``check_images`` measure each layer's mean
+error before and after its correction on images the fit did not see.
 """
 
 from __future__ import annotations
@@ -268,6 +269,19 @@ def float_channel_means(model: onnx.ModelProto, tensors: Sequence[str], images: 
 
 # ---------------------------------------------------------------- the correction
 
+def spread_subsets(count: int, fit: int, check: int) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint, evenly spread indices of ``fit`` and ``check`` images out of ``count``.
+
+    Calibration lists are often sorted by class (the sample images are, by wnid), so a prefix would
+    fit the correction to a few classes only.
+    """
+    fit_index = np.unique(np.round(np.linspace(0, count - 1, fit)).astype(np.int64)) if fit else np.zeros(0, np.int64)
+    rest = np.setdiff1d(np.arange(count), fit_index)
+    check_index = rest[np.unique(np.round(np.linspace(0, len(rest) - 1, check)).astype(np.int64))] if check else \
+        np.zeros(0, np.int64)
+    return fit_index, check_index
+
+
 def _bias_name(node: onnx.NodeProto) -> str | None:
     return node.input[2] if len(node.input) > 2 and node.input[2] else None
 
@@ -304,7 +318,8 @@ def correct_biases(model: onnx.ModelProto, images: np.ndarray, per_channel: bool
         raise CalibrationError("bias_correction needs at least 1 calibration image to fit on")
     fit_images = min(fit_images, len(images))
     check_images = min(check_images, len(images) - fit_images)
-    subset = np.ascontiguousarray(images[:fit_images + check_images])
+    fit_index, check_index = spread_subsets(len(images), fit_images, check_images)
+    subset = np.ascontiguousarray(images[np.concatenate([fit_index, check_index])])
     corrected = onnx.ModelProto()
     corrected.CopyFrom(model)
     index = GraphIndex.build(corrected)

@@ -14,6 +14,7 @@ from calibration.bias_correction import (
     expected_input,
     expected_relu,
     float_channel_means,
+    spread_subsets,
     weight_error_shift,
 )
 from calibration.encodings import activation_encoding
@@ -249,3 +250,11 @@ def test_clear_errors() -> None:
     with pytest.raises(CalibrationError, match="after 'profile'"):
         step_bias_correction(PipelineState(model=model), StepContext(config_with("fold_bn,profile"), images(4), False),
                              "empirical")
+
+
+@pytest.mark.parametrize(("count", "fit", "check"), [(500, 256, 64), (10, 4, 6), (7, 7, 0), (64, 64, 0)])
+def test_fit_and_check_subsets_are_disjoint_and_spread(count: int, fit: int, check: int) -> None:
+    fit_index, check_index = spread_subsets(count, fit, check)
+    assert len(fit_index) == fit and len(check_index) == check
+    assert not set(fit_index) & set(check_index) and set(fit_index) | set(check_index) <= set(range(count))
+    assert fit_index[0] == 0 and fit_index[-1] == count - 1  # both ends of a class-sorted list
