@@ -10,7 +10,7 @@ import harness.dataset
 from calibration.errors import WorkloadError
 from calibration.evaluate import top1_agreement
 from calibration.graph import make_session, run_batches
-from calibration.pipeline import StepContext, quantize
+from calibration.pipeline import StepContext, held_out_agreement, quantize
 from calibration.search import plot_scores, search_techniques
 from harness.config import parse_technique, with_overrides
 from tests.test_bias_correction import bn_model, config_with, images
@@ -52,3 +52,11 @@ def test_auto_must_stand_alone() -> None:
         with_overrides(config_with("fold_bn,profile"), None, None, "fold_bn,auto,profile")
     with pytest.raises(WorkloadError, match="does not take option"):
         parse_technique("auto:fast", "TECHNIQUES")
+
+
+def test_held_out_agreement_separates_calibration_images() -> None:
+    float_logits = np.eye(4)
+    int8_logits = np.eye(4)[[0, 1, 3, 3]]  # image 2 disagrees
+    split = held_out_agreement(float_logits, int8_logits, np.array([True, True, False, False]))
+    assert split == {"agreement_calibration": 1.0, "agreement_held_out": 0.5}
+    assert np.isnan(held_out_agreement(float_logits, int8_logits, np.ones(4, bool))["agreement_held_out"])
