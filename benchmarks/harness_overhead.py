@@ -172,6 +172,8 @@ def main() -> int:
     print(f"\n{'figure':<{width}}  {'measured':>18}  {'ratio':>8}  target  (median of {args.repeats})")
     for name, measured, ratio, target in rows:
         print(f"{name:<{width}}  {measured:>18}  {ratio:>8}  {target}")
+    print(f"load average {report['machine']['load_average_1m']:.1f} on {os.cpu_count()} cores: on a busy machine "
+          "the scheduler, not the harness, dominates these ratios; compare runs made at low load")
     out = ROOT / "results" / "benchmarks"
     out.mkdir(parents=True, exist_ok=True)
     tmp_path = out / ".harness_overhead.json.tmp"
