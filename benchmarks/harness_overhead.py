@@ -69,7 +69,7 @@ def loadgen_figures(config: WorkloadConfig, model: Path, tensors: Path, scenario
         factory = functools.partial(OnnxRuntimeBackend, model, config.harness, config.model.output_name)
         run_isolated(RunRequest(scenario, "performance", PROFILE, config.harness, tensors,
                                 config.model.label_offset, factory, Path(tmp), "harness overhead benchmark"))
-        return performance_figures(read_detail_log(Path(tmp) / "mlperf_log_detail.txt"))
+        return performance_figures(read_detail_log(Path(tmp) / "mlperf_log_detail.txt"), scenario)
 
 
 def harness_overhead(config: WorkloadConfig, model: Path, tensors: np.ndarray, repeats: int) -> dict:

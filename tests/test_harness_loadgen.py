@@ -50,6 +50,9 @@ def test_performance_run_is_valid_and_complete(tmp_path: Path, scenario: str) ->
     if scenario != "Server":  # Server's p99 bound also depends on this shared machine's scheduling jitter
         assert figures["validity"] == "VALID", figures
     assert figures["p99_ms"] > 0.9  # the fake takes 1 ms per batch
+    if scenario in ("SingleStream", "MultiStream"):  # the early-stopping estimate lies above the percentile
+        percentile = figures["p90_ms"] if scenario == "SingleStream" else figures["p99_ms"]
+        assert figures["early_stopping_latency_ms"] >= percentile > 0.9
     assert {"mlperf_log_summary.txt", "mlperf_log_detail.txt", "user.conf", "summary.json"} <= {
         p.name for p in final.iterdir()}
     assert (final / "mlperf_log_trace.json").stat().st_size == 0  # tracing is off
