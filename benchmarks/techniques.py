@@ -17,8 +17,8 @@ median of repeats). A peer that cannot run gets its reason in the ``error`` colu
     python benchmarks/techniques.py quantize FP32 CAL.npy OUT.onnx --workload W --weights per-tensor \
         --techniques fold_bn,cle,profile                             # one of our rows (the child process)
 
-Writes results/benchmarks/techniques.json (staged, then renamed; rows of an earlier run that this run did
-not measure are kept, each row carrying its own figures) and
+Writes results/benchmarks/techniques.json after every row (staged, then renamed; rows of an earlier run
+that this run did not measure are kept, each row carrying its own figures) and
 build/<model>/plots/accuracy_by_technique.png (int8 top-1 by row).
 """
 
@@ -37,6 +37,7 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -153,7 +154,9 @@ def quantize_child(args: argparse.Namespace) -> int:
     return 0
 
 
-def bench_model(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+def bench_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]],
+                saved: Callable[[], None]) -> None:
+    """Append ``name``'s rows to ``rows``, calling ``saved`` after each one (a long run keeps what it measured)."""
     config = load_workload(ROOT / "workloads" / f"{name}.yaml")
     work = ROOT / "build" / "bench-techniques" / name
     work.mkdir(parents=True, exist_ok=True)
@@ -167,8 +170,7 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     in_calibration = np.isin(dataset.names, dataset.calibration_names)
     float_figures, float_logits = evaluate(fp32, evaluation, labels, offset, None, args)
     base = {"model": name, "float_top1": float_figures["top1"], "float_top5": float_figures["top5"]}
-    rows: list[dict[str, Any]] = [{**base, "row": "float", "weights": "-", "tool": "float",
-                                   "img_per_s": float_figures["img_per_s"]}]
+    rows.append({**base, "row": "float", "weights": "-", "tool": "float", "img_per_s": float_figures["img_per_s"]})
     jobs: list[tuple[str, str, str, list[str] | str | None, Path]] = []
     for weights in args.weights:
         for row in args.rows:
@@ -184,6 +186,7 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
             continue  # a granularity the peer does not offer: no row
         if isinstance(command, str):
             rows.append({**row, "error": command})
+            saved()
             continue
         log.info("%s: %s %s", name, row_name, weights)
         try:
@@ -191,6 +194,7 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         except PeerError as err:
             log.error("%s: %s %s failed: %s", name, row_name, weights, err)
             rows.append({**row, "error": str(err).splitlines()[-1]})
+            saved()
             continue
         figures, logits = evaluate(output, evaluation, labels, offset, float_logits, args)
         row.update({"int8_top1": figures["top1"], "int8_top5": figures["top5"],
@@ -201,6 +205,7 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         if tool == "ours" and report.is_file():
             row["report"] = _row_report(json.loads(report.read_text()))
         rows.append(row)
+        saved()
         log.info("%s: %s %s top-1 %.3f agreement %.3f (held out %.3f) in %.0f s", name, row_name, weights,
                  figures["top1"], figures["agreement"], row["agreement_held_out"], seconds)
     return rows
@@ -272,13 +277,10 @@ def parse_child_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def merged_rows(path: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def merged_rows(earlier: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """This run's rows, plus an earlier file's rows for the (model, row, weights) this run did not measure."""
-    if not path.is_file():
-        return rows
     fresh = {(r["model"], r["row"], r["weights"]) for r in rows}
-    kept = [r for r in json.loads(path.read_text())["rows"] if (r["model"], r["row"], r["weights"]) not in fresh]
-    return kept + rows
+    return [r for r in earlier if (r["model"], r["row"], r["weights"]) not in fresh] + rows
 
 
 def print_tables(rows: list[dict[str, Any]]) -> None:
@@ -301,24 +303,28 @@ def main() -> int:
     samples = os.environ.get("IMAGENET_SAMPLES_DIR", "").strip()
     fill_sample_images(ROOT / "data" / "imagenet-samples", Path(samples) if samples else None)
     started = time.perf_counter()
+    earlier = json.loads(args.output.read_text())["rows"] if args.output.is_file() else []
     rows: list[dict[str, Any]] = []
+
+    def saved() -> None:
+        document = {
+            "environment": {"python": platform.python_version(), "onnxruntime": ort.__version__,
+                            "numpy": np.__version__, "cpus": os.cpu_count(), "machine": platform.machine()},
+            "settings": {"calibration_images": "500 even-position sample images", "evaluation_images": 1000,
+                         "held_out": "agreement_held_out: the 500 odd-position images, never used for calibration",
+                         "batch_size": args.batch_size, "batches": args.batches, "repeats": args.repeats,
+                         "graph_optimization": "ORT_ENABLE_ALL", "rows": {r: ROWS[r] for r in args.rows},
+                         "peers": args.peers},
+            "total_seconds": round(time.perf_counter() - started, 1),
+            "rows": merged_rows(earlier, rows),
+        }
+        write_json(document, args.output)
+
     for name in args.models:
-        model_rows = bench_model(name, args)
-        plot_rows(model_rows, build_dir(ROOT, name) / "plots" / "accuracy_by_technique.png",
+        first = len(rows)
+        bench_model(name, args, rows, saved)
+        plot_rows(rows[first:], build_dir(ROOT, name) / "plots" / "accuracy_by_technique.png",
                   f"{name}: int8 top-1 by technique combination (1000 images)")
-        rows.extend(model_rows)
-    document = {
-        "environment": {"python": platform.python_version(), "onnxruntime": ort.__version__,
-                        "numpy": np.__version__, "cpus": os.cpu_count(), "machine": platform.machine()},
-        "settings": {"calibration_images": "500 even-position sample images", "evaluation_images": 1000,
-                     "held_out": "agreement_held_out: the 500 odd-position images, never used for calibration",
-                     "batch_size": args.batch_size, "batches": args.batches, "repeats": args.repeats,
-                     "graph_optimization": "ORT_ENABLE_ALL", "rows": {r: ROWS[r] for r in args.rows},
-                     "peers": args.peers},
-        "total_seconds": round(time.perf_counter() - started, 1),
-        "rows": merged_rows(args.output, rows),
-    }
-    write_json(document, args.output)
     print_tables(rows)
     print(f"wrote {args.output}")
     return 0
