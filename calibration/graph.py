@@ -147,6 +147,31 @@ def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProt
     return copy
 
 
+def extrema_names(tensor: str) -> tuple[str, str]:
+    return f"{tensor}.image_min", f"{tensor}.image_max"
+
+
+def with_extrema_outputs(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose outputs are each tensor's per-image minimum and maximum (shape (N,))."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    opset = next((o.version for o in copy.opset_import if o.domain in ("", "ai.onnx")), 1)
+    del copy.graph.output[:]
+    for tensor in tensors:
+        flat = f"{tensor}.flat_per_image"
+        copy.graph.node.append(helper.make_node("Flatten", [tensor], [flat], axis=1))
+        for op, name in zip(("ReduceMin", "ReduceMax"), extrema_names(tensor)):
+            if opset >= 18:  # axes became an input in opset 18
+                axes = f"{tensor}.reduce_axes"
+                if axes not in {i.name for i in copy.graph.initializer}:
+                    copy.graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), axes))
+                copy.graph.node.append(helper.make_node(op, [flat, axes], [name], keepdims=0))
+            else:
+                copy.graph.node.append(helper.make_node(op, [flat], [name], axes=[1], keepdims=0))
+            copy.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch"]))
+    return copy
+
+
 def make_session(model: onnx.ModelProto, optimize: bool = False, threads: int = 0) -> ort.InferenceSession:
     """A CPU session; ``optimize=False`` disables every ORT graph rewrite."""
     options = ort.SessionOptions()

@@ -18,7 +18,7 @@ import onnx
 import onnxruntime as ort
 from tqdm import tqdm
 
-from calibration.graph import input_name, make_session, with_outputs
+from calibration.graph import extrema_names, input_name, make_session, with_extrema_outputs, with_outputs
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +85,18 @@ class TensorStats:
     def mean_max(self) -> float:
         return self.sum_image_max / max(self.images, 1)
 
-    def update(self, batch: np.ndarray) -> None:
-        flat = batch.reshape(batch.shape[0], -1)
-        image_min, image_max = flat.min(axis=1), flat.max(axis=1)
+    def update_extrema(self, image_min: np.ndarray, image_max: np.ndarray) -> tuple[float, float]:
+        """Fold in one batch's per-image minima and maxima; returns the batch's (min, max)."""
         self.sum_image_min += float(image_min.sum(dtype=np.float64))
         self.sum_image_max += float(image_max.sum(dtype=np.float64))
-        self.images += batch.shape[0]
+        self.images += len(image_min)
         low, high = float(image_min.min()), float(image_max.max())
         self.minimum, self.maximum = min(self.minimum, low), max(self.maximum, high)
+        return low, high
+
+    def update(self, batch: np.ndarray) -> None:
+        flat = batch.reshape(batch.shape[0], -1)
+        low, high = self.update_extrema(flat.min(axis=1), flat.max(axis=1))
         if self.histogram is not None:
             stride = max(1, flat.shape[1] // HISTOGRAM_SAMPLES_PER_IMAGE)
             self.histogram.add(flat[:, ::stride], low, high)
@@ -124,13 +128,36 @@ class _BoundRunner:
         return self.buffers[slot]
 
 
+def _profile_extrema(model: onnx.ModelProto, tensors: Sequence[str], images: np.ndarray, batch_size: int,
+                     show_progress: bool) -> dict[str, TensorStats]:
+    """Min/max statistics computed inside the ORT graph: only per-image minima and maxima leave it.
+
+    Without histograms nothing needs the activations themselves, so none is copied out of ORT,
+    which keeps its layout optimizations and costs little more than plain inference.
+    """
+    session = make_session(with_extrema_outputs(model, tensors), optimize=True)
+    feed = input_name(model)
+    names = [name for t in tensors for name in extrema_names(t)]
+    stats = {name: TensorStats() for name in tensors}
+    with tqdm(total=len(images), desc="profile", unit="img", disable=not show_progress) as progress:
+        for start in range(0, len(images), batch_size):
+            batch = np.ascontiguousarray(images[start : start + batch_size])
+            values = session.run(names, {feed: batch})
+            for k, name in enumerate(tensors):
+                stats[name].update_extrema(values[2 * k], values[2 * k + 1])
+            progress.update(len(batch))
+    return stats
+
+
 def profile_activations(model: onnx.ModelProto, tensors: Sequence[str], images: np.ndarray, batch_size: int,
                         histogram_bins: int | None, show_progress: bool = True) -> dict[str, TensorStats]:
     """Statistics of ``tensors`` over ``images``, streamed batch by batch.
 
-    Memory holds two batches of every profiled tensor (the bound output buffers), independent of
-    the number of images.
+    Without histograms the reductions run inside the ORT graph. With histograms, memory holds two
+    batches of every profiled tensor (the bound output buffers), independent of the image count.
     """
+    if histogram_bins is None:
+        return _profile_extrema(model, tensors, images, batch_size, show_progress)
     feed = input_name(model)
     outputs = [t for t in tensors if t != feed]  # the input's statistics come from the batches themselves
     session = make_session(with_outputs(model, outputs), optimize=True)
