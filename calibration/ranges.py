@@ -64,6 +64,7 @@ def entropy_range(stats: TensorStats) -> tuple[float, float]:
     assert hist is not None
     centers = hist.low + hist.width * (np.arange(hist.bins) + 0.5)
     counts = hist.counts.astype(np.float64)
+    zero_bin = int(np.clip((0.0 - hist.low) // hist.width, 0, hist.bins - 1))
     best, best_kl = None, np.inf
     for low, high in _candidates(stats):
         if (high - low) / hist.width < LEVELS:
@@ -75,10 +76,11 @@ def entropy_range(stats: TensorStats) -> tuple[float, float]:
         p[last] += counts[last + 1 :].sum()
         scale = (high - low) / (LEVELS - 1)
         level = np.round((np.clip(centers, low, high) - low) / scale).astype(np.int64)
+        level[zero_bin] = LEVELS  # 0 is exactly representable: its spike (ReLU's zeros) is never smeared
         in_range = np.where(inside, counts, 0.0)
         occupied = in_range > 0
-        level_mass = np.bincount(level, weights=in_range, minlength=LEVELS)
-        level_bins = np.bincount(level, weights=occupied.astype(float), minlength=LEVELS)
+        level_mass = np.bincount(level, weights=in_range, minlength=LEVELS + 1)
+        level_bins = np.bincount(level, weights=occupied.astype(float), minlength=LEVELS + 1)
         q = np.where(occupied, level_mass[level] / np.maximum(level_bins[level], 1), 0.0)
         p, q = p / max(p.sum(), 1e-30), q / max(q.sum(), 1e-30)
         mask = p > 0

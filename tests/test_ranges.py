@@ -74,3 +74,12 @@ def test_mse_beats_minmax_on_its_own_objective() -> None:
         return float(np.mean((enc.fake_quantize(x) - x) ** 2))
 
     assert mse(choose_range(stats, "mse", 99.9)) < mse(choose_range(stats, "minmax", 99.9))
+
+
+def test_entropy_keeps_relu6_outputs_wide() -> None:
+    """ReLU6 outputs: half exact zeros and a saturation spike at 6. Smearing the zero spike over its
+    level once drove KL to a tiny range (Lite0 collapsed to 25 % top-1); zero is exact, so it stays."""
+    rng = np.random.default_rng(7)
+    x = np.where(rng.random((20, 5000)) < 0.6, 0.0, np.minimum(rng.exponential(1.0, (20, 5000)), 6.0))
+    low, high = choose_range(_stats([x.astype(np.float32)]), "entropy", 99.9)
+    assert low == 0.0 and high > 4.0  # the zero-smearing version chose 2.2
