@@ -30,12 +30,11 @@ from typing import Literal
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from calibration.encodings import Encoding
 from calibration.errors import CalibrationError
 from calibration.fold import FoldedBN
-from calibration.graph import GraphIndex, conv_group, make_session, with_outputs
+from calibration.graph import GraphIndex, conv_group, make_session, segment_model, with_outputs
 from calibration.qdq import QuantPlan, clip_bounds, quantized_weights, weight_axis, write_qdq_model
 
 log = logging.getLogger(__name__)
@@ -232,16 +231,8 @@ class SegmentRunner:
         layer_out = nodes[-1].output[0]
         if layer_out not in outputs:
             outputs.append(layer_out)
-        initializers = [self._index.initializers[name] for n in nodes for name in n.input
-                        if name in self._index.initializers]
-        graph = helper.make_graph(
-            nodes, f"segment{k}",
-            [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(self.values[name].dtype), None)
-             for name in inputs],
-            [helper.make_empty_tensor_value_info(name) for name in outputs],
-            list({t.name: t for t in initializers}.values()),
-        )
-        segment = helper.make_model(graph, opset_imports=self._index.model.opset_import)
+        segment = segment_model(self._index, nodes, {name: self.values[name].dtype for name in inputs}, outputs,
+                                f"segment{k}")
         session = make_session(segment)
         count = len(self.values[inputs[0]]) if inputs else 0
         batches = [session.run(outputs, {name: self.values[name][i:i + BATCH_SIZE] for name in inputs})

@@ -147,6 +147,21 @@ def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProt
     return copy
 
 
+def segment_model(index: GraphIndex, nodes: Sequence[onnx.NodeProto], inputs: dict[str, np.dtype],
+                  outputs: Sequence[str], name: str) -> onnx.ModelProto:
+    """A standalone model of ``nodes`` (a topologically ordered slice of ``index.model``) that reads
+    ``inputs`` (name -> dtype) and returns ``outputs``; it carries the initializers the nodes use."""
+    used = {t for n in nodes for t in n.input if t in index.initializers}
+    graph = helper.make_graph(
+        list(nodes), name,
+        [helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(np.dtype(d)), None)
+         for t, d in inputs.items()],
+        [helper.make_empty_tensor_value_info(t) for t in outputs],
+        [index.initializers[t] for t in sorted(used)],
+    )
+    return helper.make_model(graph, opset_imports=index.model.opset_import)
+
+
 def extrema_names(tensor: str) -> tuple[str, str]:
     return f"{tensor}.image_min", f"{tensor}.image_max"
 
