@@ -162,28 +162,47 @@ def segment_model(index: GraphIndex, nodes: Sequence[onnx.NodeProto], inputs: di
     return helper.make_model(graph, opset_imports=index.model.opset_import)
 
 
-def extrema_names(tensor: str) -> tuple[str, str]:
-    return f"{tensor}.image_min", f"{tensor}.image_max"
+def statistics_names(tensor: str) -> tuple[str, str, str]:
+    """The per-image minimum, per-image maximum and element sample that ``with_statistics_outputs`` adds."""
+    return f"{tensor}.image_min", f"{tensor}.image_max", f"{tensor}.sample"
 
 
-def with_extrema_outputs(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
-    """A copy of ``model`` whose outputs are each tensor's per-image minimum and maximum (shape (N,))."""
+def with_statistics_outputs(model: onnx.ModelProto, tensors: Sequence[str],
+                            sample_strides: dict[str, int] | None = None) -> onnx.ModelProto:
+    """A copy of ``model`` whose outputs are each tensor's per-image minimum and maximum, shape (N,),
+    and, for tensors in ``sample_strides``, every k-th element of each image, shape (N, ⌈E/k⌉).
+
+    The reductions and the sampling run inside ORT, so no full activation is ever copied out.
+    Sampling needs Slice with steps (opset 10); older models return every element.
+    """
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     opset = next((o.version for o in copy.opset_import if o.domain in ("", "ai.onnx")), 1)
     del copy.graph.output[:]
+
+    def constant(name: str, values: list[int]) -> str:
+        copy.graph.initializer.append(numpy_helper.from_array(np.array(values, np.int64), name))
+        return name
+
     for tensor in tensors:
         flat = f"{tensor}.flat_per_image"
+        low, high, sample = statistics_names(tensor)
         copy.graph.node.append(helper.make_node("Flatten", [tensor], [flat], axis=1))
-        for op, name in zip(("ReduceMin", "ReduceMax"), extrema_names(tensor)):
+        for op, name in (("ReduceMin", low), ("ReduceMax", high)):
             if opset >= 18:  # axes became an input in opset 18
-                axes = f"{tensor}.reduce_axes"
-                if axes not in {i.name for i in copy.graph.initializer}:
-                    copy.graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), axes))
-                copy.graph.node.append(helper.make_node(op, [flat, axes], [name], keepdims=0))
+                copy.graph.node.append(helper.make_node(op, [flat, constant(f"{name}.axes", [1])], [name], keepdims=0))
             else:
                 copy.graph.node.append(helper.make_node(op, [flat], [name], axes=[1], keepdims=0))
             copy.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch"]))
+        if sample_strides is not None and tensor in sample_strides:
+            stride = sample_strides[tensor] if opset >= 10 else 1
+            if stride == 1:
+                copy.graph.node.append(helper.make_node("Identity", [flat], [sample]))
+            else:
+                inputs = [flat, constant(f"{sample}.starts", [0]), constant(f"{sample}.ends", [2**62]),
+                          constant(f"{sample}.axes", [1]), constant(f"{sample}.steps", [stride])]
+                copy.graph.node.append(helper.make_node("Slice", inputs, [sample]))
+            copy.graph.output.append(helper.make_tensor_value_info(sample, TensorProto.FLOAT, ["batch", None]))
     return copy
 
 

@@ -10,22 +10,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from tqdm import tqdm
 
-from calibration.graph import extrema_names, input_name, make_session, with_extrema_outputs, with_outputs
+from calibration.graph import input_name, make_session, statistics_names, with_outputs, with_statistics_outputs
 
 log = logging.getLogger(__name__)
 
 # Histograms see a fixed-stride sample of about this many elements per image and tensor (min and
 # max always see every element, so the histogram's range is exact). 500 images then give each
-# tensor's histogram some 8·10^6 samples, far more than the 99.99th percentile needs.
-HISTOGRAM_SAMPLES_PER_IMAGE = 1 << 14
+# tensor's histogram some 4·10^6 samples, far more than the 99.99th percentile needs.
+HISTOGRAM_SAMPLES_PER_IMAGE = 1 << 13
 
 
 @dataclass
@@ -85,113 +83,48 @@ class TensorStats:
     def mean_max(self) -> float:
         return self.sum_image_max / max(self.images, 1)
 
-    def update_extrema(self, image_min: np.ndarray, image_max: np.ndarray) -> tuple[float, float]:
-        """Fold in one batch's per-image minima and maxima; returns the batch's (min, max)."""
+    def update(self, image_min: np.ndarray, image_max: np.ndarray, sample: np.ndarray | None = None) -> None:
+        """Fold in one batch: its per-image minima and maxima, and a sample of its values for the histogram."""
         self.sum_image_min += float(image_min.sum(dtype=np.float64))
         self.sum_image_max += float(image_max.sum(dtype=np.float64))
         self.images += len(image_min)
         low, high = float(image_min.min()), float(image_max.max())
         self.minimum, self.maximum = min(self.minimum, low), max(self.maximum, high)
-        return low, high
+        if self.histogram is not None and sample is not None:
+            self.histogram.add(sample, low, high)
 
-    def update(self, batch: np.ndarray) -> None:
+    def update_batch(self, batch: np.ndarray) -> None:
+        """``update`` from a whole batch of values (every element goes into the histogram)."""
         flat = batch.reshape(batch.shape[0], -1)
-        low, high = self.update_extrema(flat.min(axis=1), flat.max(axis=1))
-        if self.histogram is not None:
-            stride = max(1, flat.shape[1] // HISTOGRAM_SAMPLES_PER_IMAGE)
-            self.histogram.add(flat[:, ::stride], low, high)
-
-
-class _BoundRunner:
-    """Runs full batches into preallocated output buffers (ORT I/O binding), two sets alternating.
-
-    Reusing buffers avoids allocating and page-faulting hundreds of MB per batch, which otherwise
-    costs more than the inference itself; two sets let one batch's statistics overlap the next
-    batch's inference.
-    """
-
-    def __init__(self, session: ort.InferenceSession, feed: str, tensors: Sequence[str],
-                 shapes: Sequence[tuple[int, ...]]):
-        self.session, self.feed = session, feed
-        self.buffers = [[np.empty(shape, np.float32) for shape in shapes] for _ in range(2)]
-        self.bindings = []
-        for buffers in self.buffers:
-            binding = session.io_binding()
-            for name, buffer in zip(tensors, buffers):
-                binding.bind_output(name, "cpu", 0, np.float32, list(buffer.shape), buffer.ctypes.data)
-            self.bindings.append(binding)
-
-    def run(self, batch: np.ndarray, slot: int) -> list[np.ndarray]:
-        binding = self.bindings[slot]
-        binding.bind_cpu_input(self.feed, np.ascontiguousarray(batch))
-        self.session.run_with_iobinding(binding)
-        return self.buffers[slot]
-
-
-def _profile_extrema(model: onnx.ModelProto, tensors: Sequence[str], images: np.ndarray, batch_size: int,
-                     show_progress: bool) -> dict[str, TensorStats]:
-    """Min/max statistics computed inside the ORT graph: only per-image minima and maxima leave it.
-
-    Without histograms nothing needs the activations themselves, so none is copied out of ORT,
-    which keeps its layout optimizations and costs little more than plain inference.
-    """
-    session = make_session(with_extrema_outputs(model, tensors), optimize=True)
-    feed = input_name(model)
-    names = [name for t in tensors for name in extrema_names(t)]
-    stats = {name: TensorStats() for name in tensors}
-    with tqdm(total=len(images), desc="profile", unit="img", disable=not show_progress) as progress:
-        for start in range(0, len(images), batch_size):
-            batch = np.ascontiguousarray(images[start : start + batch_size])
-            values = session.run(names, {feed: batch})
-            for k, name in enumerate(tensors):
-                stats[name].update_extrema(values[2 * k], values[2 * k + 1])
-            progress.update(len(batch))
-    return stats
+        self.update(flat.min(axis=1), flat.max(axis=1), flat)
 
 
 def profile_activations(model: onnx.ModelProto, tensors: Sequence[str], images: np.ndarray, batch_size: int,
                         histogram_bins: int | None, show_progress: bool = True) -> dict[str, TensorStats]:
     """Statistics of ``tensors`` over ``images``, streamed batch by batch.
 
-    Without histograms the reductions run inside the ORT graph. With histograms, memory holds two
-    batches of every profiled tensor (the bound output buffers), independent of the image count.
+    Everything is computed inside the ORT graph: per-image minima and maxima, and for histograms a
+    fixed-stride sample of each image's elements. No full activation leaves ORT, so the pass costs
+    little more than plain inference and holds no activation buffers of its own.
     """
-    if histogram_bins is None:
-        return _profile_extrema(model, tensors, images, batch_size, show_progress)
     feed = input_name(model)
-    outputs = [t for t in tensors if t != feed]  # the input's statistics come from the batches themselves
-    session = make_session(with_outputs(model, outputs), optimize=True)
-    stats = {
-        name: TensorStats(histogram=Histogram(histogram_bins) if histogram_bins else None) for name in tensors
-    }
-
-    def update(values: Sequence[np.ndarray], batch: np.ndarray) -> None:
-        if feed in stats:
-            stats[feed].update(batch)
-        for name, value in zip(outputs, values):
-            stats[name].update(value)
-
-    progress = tqdm(total=len(images), desc="profile", unit="img", disable=not show_progress)
-    full_end = len(images) // batch_size * batch_size
-    if full_end:
-        probe = session.run(outputs, {feed: np.ascontiguousarray(images[:1])})  # output shapes only
-        runner = _BoundRunner(session, feed, outputs, [(batch_size, *p.shape[1:]) for p in probe])
-        del probe
-        starts = list(range(0, full_end, batch_size))
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(runner.run, images[0:batch_size], 0)
-            for k, start in enumerate(starts):
-                values = pending.result()
-                if k + 1 < len(starts):
-                    nxt = starts[k + 1]
-                    pending = pool.submit(runner.run, images[nxt : nxt + batch_size], (k + 1) % 2)
-                update(values, images[start : start + batch_size])
-                progress.update(batch_size)
-    if full_end < len(images):
-        rest = np.ascontiguousarray(images[full_end:])
-        update(session.run(outputs, {feed: rest}), rest)
-        progress.update(len(rest))
-    progress.close()
+    strides = None
+    if histogram_bins:
+        probe = make_session(with_outputs(model, list(tensors)), optimize=True)
+        shapes = probe.run(list(tensors), {feed: np.ascontiguousarray(images[:1])})
+        strides = {t: max(1, v.size // HISTOGRAM_SAMPLES_PER_IMAGE) for t, v in zip(tensors, shapes)}
+        del probe, shapes
+    session = make_session(with_statistics_outputs(model, tensors, strides), optimize=True)
+    names = [o.name for o in session.get_outputs()]
+    stats = {name: TensorStats(histogram=Histogram(histogram_bins) if histogram_bins else None) for name in tensors}
+    with tqdm(total=len(images), desc="profile", unit="img", disable=not show_progress) as progress:
+        for start in range(0, len(images), batch_size):
+            batch = np.ascontiguousarray(images[start : start + batch_size])
+            values = dict(zip(names, session.run(names, {feed: batch})))
+            for tensor, tensor_stats in stats.items():
+                low, high, sample = statistics_names(tensor)
+                tensor_stats.update(values[low], values[high], values.get(sample))
+            progress.update(len(batch))
     return stats
 
 

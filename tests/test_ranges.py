@@ -26,7 +26,7 @@ def test_histogram_growth_keeps_every_count() -> None:
 def _stats(batches: list[np.ndarray], bins: int = 2048) -> TensorStats:
     stats = TensorStats(histogram=Histogram(bins))
     for batch in batches:
-        stats.update(batch)
+        stats.update_batch(batch)
     return stats
 
 
