@@ -28,7 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -44,6 +43,7 @@ import pandas as pd
 
 from benchmarks.peers.run_peer import PeerError, run_measured
 from calibration.evaluate import accuracy, sqnr_db, top1_agreement
+from calibration.files import save_array, write_json
 from calibration.graph import load_model, make_session, run_batches, save_model
 from calibration.model_source import import_float_model
 from calibration.pipeline import load_workload_data
@@ -123,12 +123,6 @@ def evaluate(session: ort.InferenceSession, images: np.ndarray, labels: np.ndarr
     return figures, logits
 
 
-def save_array(array: np.ndarray, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-    np.save(tmp, np.ascontiguousarray(array))
-    tmp.replace(path)
-
-
 def bench_model(name: str, runs: list[Run], args: argparse.Namespace) -> list[dict[str, Any]]:
     config = load_workload(ROOT / "workloads" / f"{name}.yaml")
     work = ROOT / "build" / "bench-calibration" / name
@@ -137,7 +131,7 @@ def bench_model(name: str, runs: list[Run], args: argparse.Namespace) -> list[di
     save_model(import_float_model(config.model, ROOT / "build" / "wheels", ROOT), fp32)
     dataset, calibration, evaluation = load_workload_data(config, ROOT, show_progress=False)
     calibration_path = work / "calibration.npy"
-    save_array(calibration, calibration_path)
+    save_array(calibration_path, calibration)
     evaluation = np.asarray(evaluation)
     labels, offset = dataset.labels, config.model.label_offset
     log.info("%s: %d calibration images, %d evaluation images", name, len(calibration), len(evaluation))
@@ -195,13 +189,6 @@ def source_state() -> dict[str, Any]:
             "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
-def write_json(document: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(document, indent=1) + "\n")
-    tmp.replace(path)
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="our calibration vs ONNX Runtime quantize_static")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
@@ -242,7 +229,7 @@ def main() -> int:
         "total_seconds": round(time.perf_counter() - started, 1),
         "rows": rows,
     }
-    write_json(document, args.output)
+    write_json(args.output, document)
     table = pd.DataFrame(rows)
     with pd.option_context("display.max_columns", None, "display.width", 200, "display.float_format", "{:.3f}".format):
         print(table.drop(columns=[c for c in ("top5", "label") if c in table]).to_string(index=False))

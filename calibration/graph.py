@@ -5,7 +5,6 @@ our transforms rather than ORT's fusions.
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from calibration.errors import CalibrationError
+from calibration.files import write_atomic
 
 
 def load_model(path: Path) -> onnx.ModelProto:
@@ -30,13 +30,7 @@ def load_model(path: Path) -> onnx.ModelProto:
 
 def save_model(model: onnx.ModelProto, path: Path) -> None:
     """Write to a temporary file, then rename, so an interrupted write never looks complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(model.SerializeToString())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, model.SerializeToString())
 
 
 def attribute(node: onnx.NodeProto, name: str, default=None):

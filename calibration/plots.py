@@ -9,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after use("Agg")
 
+from calibration.files import save_figure
+
 
 def plot_cle_weight_ranges(depthwise_ranges: dict[str, dict[str, list[float]]], path: Path) -> None:
     """Per-output-channel max|W| of the first depthwise layers, before and after CLE (log scale)."""
@@ -26,7 +28,4 @@ def plot_cle_weight_ranges(depthwise_ranges: dict[str, dict[str, list[float]]], 
         ax.set_ylabel("max |W|")
         ax.legend(loc="upper right")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)

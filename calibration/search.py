@@ -24,6 +24,7 @@ import onnx
 
 from calibration.errors import CalibrationError
 from calibration.evaluate import sqnr_db, top1_agreement
+from calibration.files import save_figure
 from calibration.graph import make_session, run_batches
 from calibration.pipeline import PipelineState, StepContext, quantize, run_steps
 from harness.config import TechniqueStep
@@ -146,7 +147,4 @@ def plot_scores(scores: list[CandidateScore], path: Path, title: str) -> None:
     ax.set_title(title)
     ax.invert_yaxis()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)

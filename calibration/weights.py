@@ -7,7 +7,6 @@ checked against its pinned sha256 before a byte of it is read.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import subprocess
 import sys
@@ -16,16 +15,9 @@ import zipfile
 from pathlib import Path
 
 from calibration.errors import CheckpointError
+from calibration.files import sha256_of
 
 log = logging.getLogger(__name__)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fetch_wheel(package: str, version: str, sha256: str, cache_dir: Path) -> Path:

@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from calibration.errors import DataError
+from calibration.files import write_atomic
 from harness.config import PreprocessConfig
 
 log = logging.getLogger(__name__)
@@ -86,9 +87,7 @@ def read_val_map(folder: Path, val_map: Path, num_classes: int) -> list[ImageRec
 
 
 def write_val_map(records: Sequence[ImageRecord], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(f"{r.name} {r.label}\n" for r in records))
-    tmp.replace(path)
+    write_atomic(path, "".join(f"{r.name} {r.label}\n" for r in records))
 
 
 def read_calibration_list(list_path: Path, folder: Path) -> list[str]:

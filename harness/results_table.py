@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from calibration.files import write_atomic
+
 COLUMNS = ["system", "workload", "scenario", "mode", "profile", "validity", "samples_per_s", "p50_ms", "p90_ms",
            "p99_ms", "early_stopping_latency_ms", "top1_pct", "float_top1_pct", "meets_target", "finished_utc"]
 
@@ -31,6 +33,4 @@ def collect(results_root: Path) -> pd.DataFrame:
 
 
 def write_table(table: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    table.to_csv(tmp, index=False, float_format="%.4f")
-    tmp.replace(path)
+    write_atomic(path, table.to_csv(index=False, float_format="%.4f"))

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from calibration.errors import HarnessError
+from calibration.files import write_json
 from harness.accuracy import compare, read_predictions, score
 from harness.backend import Backend
 from harness.config import HarnessConfig
@@ -103,12 +104,6 @@ def publish(staging: Path, final: Path) -> None:
         shutil.rmtree(old)
     else:
         staging.rename(final)
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
 
 
 def remove_abandoned_staging(parent: Path) -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from calibration.files import sha256_of
 from calibration.pipeline import build_dir, load_workload_data
 from harness.backend import OnnxRuntimeBackend
 from harness.calibration_doc import CalibratedWorkload, calibration_markdown, read_report
@@ -34,7 +35,7 @@ from harness.config import WorkloadConfig
 from harness.loadgen_run import RunRequest
 from harness.runner import publish, result_dir
 from harness.scenarios import parse_profile, parse_scenario
-from harness.submission_check import expected_in_tree, sha256_file
+from harness.submission_check import expected_in_tree
 from harness.submission_config import SubmissionConfig, SubmissionError
 from harness.submission_rules import BENCHMARKS, BenchmarkRules
 from harness.system_info import Machine, system_description
@@ -110,7 +111,7 @@ def copy_accuracy(source: Path, target: Path, backup: Path) -> None:
         shutil.copy2(source / name, target / name)
     full = source / "mlperf_log_accuracy.json"
     with (target / "accuracy.txt").open("a") as f:
-        f.write(f"hash={sha256_file(full)}\n")
+        f.write(f"hash={sha256_of(full)}\n")
     backup.mkdir(parents=True)
     shutil.copy2(full, backup / full.name)
     (target / full.name).write_text(expected_in_tree(full.read_text()))

@@ -7,13 +7,13 @@ Either way the scenario is not submittable; the cause says why.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from calibration.files import sha256_of
 from harness.runner import read_detail_log
 from harness.submission_rules import (
     ACCURACY_FILES,
@@ -58,14 +58,6 @@ class Report:
 
     def verdicts(self) -> dict[str, list[Problem]]:
         return {s: [p for p in self.problems if p.path.startswith(s + "/") or p.path == s] for s in self.scenarios}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 16), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def truncated_text(text: str) -> str:
@@ -248,7 +240,7 @@ class Checker:
         if full is log_path and size >= MAX_ACCURACY_LOG_BYTES:
             self.add(backup, "missing: the full accuracy log must be kept in the backup folder")
             return
-        if sha256_file(full) != match.group(1):
+        if sha256_of(full) != match.group(1):
             self.add(run / "accuracy.txt", f"hash does not match {full.name} "
                      f"({'backup' if full is backup else 'in the tree'})")
         elif full is backup and log_path.read_text() != expected_in_tree(backup.read_text()):
