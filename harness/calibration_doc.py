@@ -20,7 +20,7 @@ TECHNIQUE_TEXT = {
 }
 RANGE_TEXT = {
     "minmax": "minimum and maximum over all calibration images",
-    "mean_minmax": "mean over calibration batches of each batch's minimum and maximum",
+    "mean_minmax": "mean over the calibration images of each image's own minimum and maximum",
     "percentile": "percentile of the activation histogram",
     "mse": "range minimising the quantization mean squared error",
     "entropy": "range minimising the KL divergence (TensorRT-style entropy)",
@@ -65,13 +65,17 @@ def _technique(step: Any) -> str:
 def workload_section(item: CalibratedWorkload) -> str:
     config, report = item.config, item.report
     cal = report["calibration"] if report else None
-    techniques = cal["techniques"] if cal else [str(t) for t in config.calibration.techniques]
+    # The steps the report says ran (what `auto` chose, too); the YAML's list before any calibration.
+    techniques = [s["step"] for s in report["steps"]] if report and report.get("steps") else (
+        cal["techniques"] if cal else [str(t) for t in config.calibration.techniques])
     weights = cal["weights"] if cal else config.calibration.weights
     range_method = cal["range"] if cal else config.calibration.range
     lines = [f"## {config.name}", "", config.description or "", "",
-             f"- Workload file: `{config.source_path}`",
+             f"- Workload file: `workloads/{Path(config.source_path).name}`",
              "- Techniques, in the order applied:"]
     lines += [f"  {i}. `{step}`: {_technique(step)}" for i, step in enumerate(techniques, 1)]
+    if cal and cal["techniques"] == ["auto"]:
+        lines.append("  (chosen by the `auto` technique search, scored on the calibration images only)")
     range_text = RANGE_TEXT.get(range_method, range_method)
     if range_method == "percentile":
         range_text += f" ({cal['percentile'] if cal else config.calibration.percentile})"
