@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import yaml
 
-from calibration.errors import WorkloadError
+from calibration.errors import HarnessError, WorkloadError
 
 WeightGranularity = Literal["per-channel", "per-tensor"]
 RangeMethod = Literal["minmax", "mean_minmax", "percentile", "mse", "entropy"]
@@ -244,17 +244,31 @@ def workload_from_dict(data: Any, where: str) -> WorkloadConfig:
     return dataclasses.replace(config, source_path=where)
 
 
-def load_workload(path: Path) -> WorkloadConfig:
-    """Read and validate a workload YAML (``safe_load`` only)."""
+def read_yaml(path: Path, error: type[HarnessError] = WorkloadError, what: str = "workload file") -> Any:
+    """``safe_load`` a YAML file; a missing or malformed file is one ``error`` line naming it."""
     if not path.is_file():
-        raise WorkloadError(f"{path}: workload file not found")
+        raise error(f"{path}: {what} not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
-        raise WorkloadError(f"{path}: malformed YAML{at}: {getattr(err, 'problem', err)}") from err
-    return workload_from_dict(data, str(path))
+        raise error(f"{path}: malformed YAML{at}: {getattr(err, 'problem', err)}") from err
+
+
+def from_mapping(cls: Any, data: Any, where: str, error: type[HarnessError] = WorkloadError) -> Any:
+    """Build dataclass ``cls`` from a YAML mapping: unknown keys, missing keys and wrong types are errors."""
+    try:
+        return _build(cls, data, where)
+    except WorkloadError as err:
+        if error is WorkloadError:
+            raise
+        raise error(str(err)) from err
+
+
+def load_workload(path: Path) -> WorkloadConfig:
+    """Read and validate a workload YAML (``safe_load`` only)."""
+    return workload_from_dict(read_yaml(path), str(path))
 
 
 def with_overrides(config: WorkloadConfig, weights: str | None = None, range_method: str | None = None,

@@ -5,13 +5,11 @@ Validated once here (``safe_load``, unknown keys rejected); every mistake is one
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from calibration.errors import HarnessError
+from harness.config import from_mapping, read_yaml
 from harness.submission_rules import VALID_DIVISIONS, VALID_STATUSES, VALID_SYSTEM_TYPES
 
 
@@ -38,24 +36,10 @@ class SubmissionConfig:
 
 
 def load_submission_config(path: Path) -> SubmissionConfig:
-    if not path.is_file():
-        raise SubmissionError(f"{path}: submission config not found (copy the repository's submission.yaml)")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise SubmissionError(f"{path}: malformed YAML: {getattr(err, 'problem', err)}") from err
-    if not isinstance(data, dict):
-        raise SubmissionError(f"{path}: must be a mapping of fields")
-    fields = {f.name for f in dataclasses.fields(SubmissionConfig)}
-    unknown = sorted(set(data) - fields)
-    if unknown:
-        raise SubmissionError(f"{path}: unknown key '{unknown[0]}' (allowed: {', '.join(sorted(fields))})")
-    for key, value in data.items():
-        if not isinstance(value, str):
-            raise SubmissionError(f"{path}: {key} must be a string, got {value!r}")
-    if not str(data.get("submitter", "")).strip():
+    data = read_yaml(path, SubmissionError, "submission config (copy the repository's submission.yaml)")
+    if isinstance(data, dict) and not str(data.get("submitter", "")).strip():
         raise SubmissionError(f"{path}: submitter is required (the organisation's name)")
-    config = SubmissionConfig(**data)
+    config = from_mapping(SubmissionConfig, data, str(path), SubmissionError)
     for key, allowed in (("division", VALID_DIVISIONS), ("status", VALID_STATUSES),
                          ("system_type", VALID_SYSTEM_TYPES)):
         if getattr(config, key) not in allowed:
