@@ -41,13 +41,10 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
+from benchmarks.common import fidelity, prepare_inputs
 from benchmarks.peers.run_peer import PeerError, run_measured
-from calibration.evaluate import accuracy, sqnr_db, top1_agreement
-from calibration.files import save_array, write_json
-from calibration.graph import load_model, make_session, run_batches, save_model
-from calibration.model_source import import_float_model
-from calibration.pipeline import load_workload_data
-from harness.config import load_workload
+from calibration.files import write_json
+from calibration.graph import load_model, make_session, run_batches
 from harness.sample_data import fill_sample_images
 
 log = logging.getLogger("bench-calibration")
@@ -115,26 +112,15 @@ def round_robin_throughput(sessions: dict[str, ort.InferenceSession], images: np
 def evaluate(session: ort.InferenceSession, images: np.ndarray, labels: np.ndarray, label_offset: int,
              float_logits: np.ndarray | None, batch_size: int) -> tuple[dict[str, float], np.ndarray]:
     logits = run_batches(session, images, batch_size=batch_size)
-    acc = accuracy(logits, labels, label_offset)
-    figures = {"top1": acc.top1, "top5": acc.top5}
-    if float_logits is not None:
-        figures["agreement"] = top1_agreement(float_logits, logits)
-        figures["sqnr_db"] = sqnr_db(float_logits, logits)
-    return figures, logits
+    return fidelity(logits, labels, label_offset, float_logits), logits
 
 
 def bench_model(name: str, runs: list[Run], args: argparse.Namespace) -> list[dict[str, Any]]:
-    config = load_workload(ROOT / "workloads" / f"{name}.yaml")
     work = ROOT / "build" / "bench-calibration" / name
-    work.mkdir(parents=True, exist_ok=True)
-    fp32 = work / "model.fp32.onnx"
-    save_model(import_float_model(config.model, ROOT / "build" / "wheels", ROOT), fp32)
-    dataset, calibration, evaluation = load_workload_data(config, ROOT, show_progress=False)
-    calibration_path = work / "calibration.npy"
-    save_array(calibration_path, calibration)
-    evaluation = np.asarray(evaluation)
-    labels, offset = dataset.labels, config.model.label_offset
-    log.info("%s: %d calibration images, %d evaluation images", name, len(calibration), len(evaluation))
+    inputs = prepare_inputs(ROOT, name, work)
+    config, fp32, calibration_path, evaluation = inputs.config, inputs.fp32, inputs.calibration, inputs.evaluation
+    labels, offset = inputs.dataset.labels, config.model.label_offset
+    log.info("%s: %d calibration images, %d evaluation images", name, inputs.calibration_count, len(evaluation))
 
     sessions = {"float": make_session(load_model(fp32), optimize=True)}
     float_figures, float_logits = evaluate(sessions["float"], evaluation, labels, offset, None, args.batch_size)
@@ -147,7 +133,7 @@ def bench_model(name: str, runs: list[Run], args: argparse.Namespace) -> list[di
         log.info("%s: %s", name, run.label)
         try:
             seconds, peak_bytes = run_measured(
-                quantizer_command(run, name, fp32, calibration_path, len(calibration), output), ROOT)
+                quantizer_command(run, name, fp32, calibration_path, inputs.calibration_count, output), ROOT)
         except PeerError as err:
             log.error("%s: %s failed: %s", name, run.label, err)
             rows.append({**row, "error": str(err).splitlines()[-1]})

@@ -44,12 +44,11 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
+from benchmarks.common import fidelity, prepare_inputs
 from benchmarks.peers.run_peer import PeerError, run_measured
-from calibration.evaluate import accuracy, sqnr_db, top1_agreement
-from calibration.files import save_array, save_figure, write_json
+from calibration.files import save_figure, write_json
 from calibration.graph import load_model, make_session, run_batches, save_model
-from calibration.model_source import import_float_model
-from calibration.pipeline import StepContext, build_dir, held_out_agreement, load_workload_data, quantize, run_steps
+from calibration.pipeline import StepContext, build_dir, held_out_agreement, quantize, run_steps
 from harness.config import is_auto, load_workload, with_overrides
 from harness.sample_data import fill_sample_images
 
@@ -86,11 +85,7 @@ def evaluate(model_path: Path, images: np.ndarray, labels: np.ndarray, label_off
     """Top-1/top-5, agreement and SQNR against float (when given), throughput; ORT_ENABLE_ALL."""
     session = make_session(load_model(model_path), optimize=True)
     logits = run_batches(session, images, batch_size=args.batch_size)
-    acc = accuracy(logits, labels, label_offset)
-    figures = {"top1": acc.top1, "top5": acc.top5, "img_per_s": throughput(session, images, args)}
-    if float_logits is not None:
-        figures["agreement"] = top1_agreement(float_logits, logits)
-        figures["sqnr_db"] = sqnr_db(float_logits, logits)
+    figures = {**fidelity(logits, labels, label_offset, float_logits), "img_per_s": throughput(session, images, args)}
     return figures, logits
 
 
@@ -145,15 +140,10 @@ def quantize_child(args: argparse.Namespace) -> int:
 def bench_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]],
                 saved: Callable[[], None]) -> None:
     """Append ``name``'s rows to ``rows``, calling ``saved`` after each one (a long run keeps what it measured)."""
-    config = load_workload(ROOT / "workloads" / f"{name}.yaml")
     work = ROOT / "build" / "bench-techniques" / name
-    work.mkdir(parents=True, exist_ok=True)
-    fp32 = work / "model.fp32.onnx"
-    save_model(import_float_model(config.model, ROOT / "build" / "wheels", ROOT), fp32)
-    dataset, calibration, evaluation = load_workload_data(config, ROOT, show_progress=False)
-    calibration_path = work / "calibration.npy"
-    save_array(calibration_path, calibration)
-    evaluation = np.asarray(evaluation)
+    inputs = prepare_inputs(ROOT, name, work)
+    config, dataset, fp32, evaluation = inputs.config, inputs.dataset, inputs.fp32, inputs.evaluation
+    calibration_path = inputs.calibration
     labels, offset = dataset.labels, config.model.label_offset
     in_calibration = np.isin(dataset.names, dataset.calibration_names)
     float_figures, float_logits = evaluate(fp32, evaluation, labels, offset, None, args)
