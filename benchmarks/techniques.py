@@ -3,14 +3,14 @@
 """Accuracy by technique combination (CLE, high-bias absorption, bias correction, auto) with the peers.
 
 One table per model (MobileNetV2, EfficientNet-Lite0) on the 1000 sample images, calibrated on the 500
-even-position images. Rows: none, CLE, CLE+BA, CLE+BA+BC (empirical), CLE+BA+BC (analytical) and auto,
-per-tensor and per-channel, then the peers measured in the same run: ONNX Runtime ``quantize_static``
-(MinMax), NNCF 3.4.0 (fast and full bias correction; per-channel, its default), AIMET-ONNX 2.42.0
-(CLE + QuantSim; per-tensor, its default). Every quantizer runs as a child process
-(``benchmarks/peers/run_peer.py``), ours through this file's ``quantize`` sub-command, so its time and
-peak memory are its own. Every int8 model is evaluated here with ORT_ENABLE_ALL: top-1/top-5, drop,
-agreement with float (all images, calibration half, held-out half), logit SQNR, and throughput (batch 32,
-median of repeats). A peer that cannot run gets its reason in the ``error`` column.
+even-position images. Rows: none, CLE, CLE+BA, CLE+BA+BC (empirical), CLE+BA+BC (analytical), GPTQ (with the
+workload's range method and with percentile), CLE+BA+GPTQ and auto, per-tensor and per-channel, then the peers
+measured in the same run: ONNX Runtime ``quantize_static`` (MinMax), NNCF 3.4.0 (fast and full bias
+correction; per-channel, its default), AIMET-ONNX 2.42.0 (CLE + QuantSim; per-tensor, its default). Every
+quantizer runs as a child process (``benchmarks/peers/run_peer.py``), ours through this file's ``quantize``
+sub-command, so its time and peak memory are its own. Every int8 model is evaluated here with ORT_ENABLE_ALL:
+top-1/top-5, drop, agreement with float (all images, calibration half, held-out half), logit SQNR, and
+throughput (batch 32, median of repeats). A peer that cannot run gets its reason in the ``error`` column.
 
     python benchmarks/techniques.py                                  # everything (long: about an hour here)
     python benchmarks/techniques.py --models mobilenetv2 --weights per-tensor --rows none CLE+BA auto --peers
@@ -61,8 +61,13 @@ ROWS: dict[str, str] = {
     "CLE+BA": "fold_bn,cle,high_bias_absorption,profile",
     "CLE+BA+BC(emp)": "fold_bn,cle,high_bias_absorption,profile,bias_correction:empirical",
     "CLE+BA+BC(analytical)": "fold_bn,cle,high_bias_absorption,profile,bias_correction:analytical",
+    "GPTQ": "fold_bn,profile,gptq",
+    "GPTQ(percentile)": "fold_bn,profile,gptq",
+    "CLE+BA+GPTQ": "fold_bn,cle,high_bias_absorption,profile,gptq",
     "auto": "auto",
 }
+# Rows that change the workload's activation range method (the others use the YAML's, mean_minmax).
+ROW_RANGE: dict[str, str] = {"GPTQ(percentile)": "percentile"}
 PEERS = ("ort-static", "nncf-fast-bc", "nncf-full-bc", "aimet")
 
 
@@ -110,17 +115,21 @@ def peer_command(peer: str, weights: str, fp32: Path, calibration: Path, output:
         if python.is_file() else "no .venv-aimet (bash benchmarks/peers/setup.sh aimet)"
 
 
-def our_command(name: str, weights: str, techniques: str, fp32: Path, calibration: Path, output: Path
-                ) -> list[str]:
-    return [sys.executable, str(Path(__file__).resolve()), "quantize", str(fp32), str(calibration), str(output),
-            "--workload", name, "--weights", weights, "--techniques", techniques]
+def row_label(row: str) -> str:
+    return ROWS[row] + (f" (range {ROW_RANGE[row]})" if row in ROW_RANGE else "")
+
+
+def our_command(name: str, weights: str, row: str, fp32: Path, calibration: Path, output: Path) -> list[str]:
+    command = [sys.executable, str(Path(__file__).resolve()), "quantize", str(fp32), str(calibration), str(output),
+               "--workload", name, "--weights", weights, "--techniques", ROWS[row]]
+    return command + (["--range", ROW_RANGE[row]] if row in ROW_RANGE else [])
 
 
 def quantize_child(args: argparse.Namespace) -> int:
     """One of our rows: the technique steps (or the auto search) and the QDQ writer; the report beside it."""
     from calibration.search import search_techniques
 
-    config = with_overrides(load_workload(ROOT / "workloads" / f"{args.workload}.yaml"), args.weights, None,
+    config = with_overrides(load_workload(ROOT / "workloads" / f"{args.workload}.yaml"), args.weights, args.range,
                             args.techniques)
     images = np.load(args.calibration, mmap_mode="r")
     model = load_model(args.fp32)
@@ -153,7 +162,7 @@ def bench_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]],
     for weights in args.weights:
         for row in args.rows:
             output = work / f"ours-{row}-{weights}.int8.onnx"
-            jobs.append(("ours", row, weights, our_command(name, weights, ROWS[row], fp32, calibration_path, output),
+            jobs.append(("ours", row, weights, our_command(name, weights, row, fp32, calibration_path, output),
                          output))
         for peer in args.peers:
             output = work / f"{peer}-{weights}.int8.onnx"
@@ -249,6 +258,7 @@ def parse_child_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--workload", required=True)
     parser.add_argument("--weights", choices=["per-tensor", "per-channel"], required=True)
     parser.add_argument("--techniques", required=True)
+    parser.add_argument("--range", default=None, help="activation range method (default: the workload's)")
     return parser.parse_args(argv)
 
 
@@ -288,7 +298,7 @@ def main() -> int:
             "settings": {"calibration_images": "500 even-position sample images", "evaluation_images": 1000,
                          "held_out": "agreement_held_out: the 500 odd-position images, never used for calibration",
                          "batch_size": args.batch_size, "batches": args.batches, "repeats": args.repeats,
-                         "graph_optimization": "ORT_ENABLE_ALL", "rows": {r: ROWS[r] for r in args.rows},
+                         "graph_optimization": "ORT_ENABLE_ALL", "rows": {r: row_label(r) for r in args.rows},
                          "peers": args.peers},
             "total_seconds": round(time.perf_counter() - started, 1),
             "rows": merged_rows(earlier, rows),

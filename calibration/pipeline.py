@@ -24,6 +24,7 @@ from calibration.errors import CalibrationError
 from calibration.evaluate import Accuracy, accuracy, relative_change, sqnr_db, top1_agreement
 from calibration.files import write_json
 from calibration.fold import FoldedBN, fold_batch_norms
+from calibration.gptq import round_weights
 from calibration.graph import make_session, run_batches, save_model
 from calibration.model_source import import_float_model
 from calibration.plots import plot_cle_weight_ranges
@@ -99,6 +100,13 @@ def step_bias_correction(state: PipelineState, ctx: StepContext, option: str | N
     state.report["bias_correction"] = {"method": option or "empirical", **result.report()}
 
 
+def step_gptq(state: PipelineState, ctx: StepContext, _option: str | None) -> None:
+    cal = ctx.config.calibration
+    state.model, layers = round_weights(state.model, state.activations, ctx.calibration_images,
+                                        cal.weights == "per-channel", cal.batch_size, ctx.show_progress)
+    state.report["gptq"] = {"layers": [layer.as_dict() for layer in layers]}
+
+
 def step_relu6_to_relu(state: PipelineState, _ctx: StepContext, _option: str | None) -> None:
     state.model, replaced, kept = relu6_to_relu(state.model)
     state.report["relu6_to_relu"] = {"replaced": replaced, "kept": kept}
@@ -130,6 +138,7 @@ STEPS: dict[str, Step] = {
     "high_bias_absorption": step_high_bias_absorption,
     "fold_bn": step_fold_bn,
     "profile": step_profile,
+    "gptq": step_gptq,
     "bias_correction": step_bias_correction,
 }
 
@@ -148,6 +157,10 @@ def validate_steps(steps: tuple[TechniqueStep, ...]) -> None:
             raise CalibrationError(f"'{name}' must come after 'fold_bn' and before 'profile'")
     if "bias_correction" in names and names.index("bias_correction") < names.index("profile"):
         raise CalibrationError("'bias_correction' must come after 'profile': it corrects against the encodings")
+    if "gptq" in names and names.index("gptq") < names.index("profile"):
+        raise CalibrationError("'gptq' must come after 'profile': it fits the weights to the quantized activations")
+    if "gptq" in names and "bias_correction" in names:
+        raise CalibrationError("'gptq' and 'bias_correction' both correct the weights' rounding error: choose one")
 
 
 @dataclass(frozen=True)

@@ -244,3 +244,31 @@ def write_qdq_model(model: onnx.ModelProto, plan: QuantPlan, activations: dict[s
     drop_unused_initializers(qmodel)
     onnx.checker.check_model(qmodel)
     return qmodel, params
+
+
+def with_activation_qdq(model: onnx.ModelProto, activations: dict[str, Encoding]) -> onnx.ModelProto:
+    """A copy of the float ``model`` with a QuantizeLinear→DequantizeLinear pair on every encoded tensor:
+    the activations the int8 model will see, with float weights."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    rename: dict[str, str] = {}
+    nodes: list[onnx.NodeProto] = []
+    graph_input = input_name(copy)
+    if graph_input in activations:
+        pairs, rename[graph_input] = _qdq_pair(copy, graph_input, activations[graph_input])
+        nodes.extend(pairs)
+    for node in copy.graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+        nodes.append(node)
+        for out in node.output:
+            if out in activations:
+                pairs, rename[out] = _qdq_pair(copy, out, activations[out])
+                nodes.extend(pairs)
+    for output in copy.graph.output:
+        if output.name in rename:
+            raise CalibrationError(f"graph output '{output.name}' cannot carry an activation encoding")
+    del copy.graph.node[:]
+    copy.graph.node.extend(nodes)
+    return copy

@@ -4,11 +4,12 @@ Candidates are scored on the calibration images only (they never see evaluation 
 labels): top-1 agreement of the int8 model (ORT_ENABLE_ALL, as deployed) with the float model,
 then logit SQNR as the tie-break. The search is staged to keep it affordable: first the
 combinations without bias correction (none, CLE, CLE+BA, activation-aware CLE+BA, ReLU6→ReLU +
-CLE+BA), then bias correction (empirical and analytical) on the best of those, and empirical bias
-correction on the plain pipeline. A candidate that cannot apply is recorded with its error.
+CLE+BA), then bias correction (empirical and analytical) and GPTQ weight rounding on the best of
+those, and empirical bias correction and GPTQ on the plain pipeline. A candidate that cannot apply is
+recorded with its error.
 
-Bias correction fits a subset of the same calibration images it is scored on, so the score of a
-BC candidate is slightly optimistic; the calibrate command's held-out split shows the real effect.
+Bias correction and GPTQ fit the same calibration images they are scored on, so the score of such a
+candidate is slightly optimistic; the calibrate command's held-out split shows the real effect.
 """
 
 from __future__ import annotations
@@ -118,8 +119,10 @@ def search_techniques(float_model: onnx.ModelProto, ctx: StepContext) -> SearchR
     stem = base.techniques[:-1]  # everything before profile
     for option in ("empirical", "analytical"):
         attempt(f"{base.label}+BC({option})", stem + PROFILE + (TechniqueStep("bias_correction", option),))
+    attempt(f"{base.label}+GPTQ", stem + PROFILE + (TechniqueStep("gptq"),))
     if base.label != "none":
         attempt("BC(empirical)", BASE + PROFILE + (TechniqueStep("bias_correction", "empirical"),))
+        attempt("GPTQ", BASE + PROFILE + (TechniqueStep("gptq"),))
     best = max(scores, key=lambda s: s.key)
     if best.error:
         raise CalibrationError(f"auto: no technique combination could run ({best.error})")
