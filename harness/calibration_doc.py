@@ -17,6 +17,7 @@ TECHNIQUE_TEXT = {
     "cle": "cross-layer equalization",
     "high_bias_absorption": "high-bias absorption",
     "bias_correction": "bias correction",
+    "gptq": "GPTQ weight rounding (int8 weights chosen against the calibration images' input statistics; no training)",
 }
 RANGE_TEXT = {
     "minmax": "minimum and maximum over all calibration images",

@@ -39,7 +39,7 @@ def test_unknown_key(tmp_path: Path) -> None:
 
 
 def test_unknown_technique(tmp_path: Path) -> None:
-    text = BASE.replace("techniques: [fold_bn, profile]", "techniques: [fold_bn, magic, profile]")
+    text = BASE.replace("techniques: [fold_bn, profile, gptq]", "techniques: [fold_bn, magic, profile]")
     with pytest.raises(WorkloadError, match=r"techniques\[1\]: unknown technique 'magic'"):
         load_workload(_write(tmp_path, text))
 
