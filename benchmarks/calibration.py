@@ -80,8 +80,9 @@ def quantizer_command(run: Run, workload: str, fp32: Path, calibration: Path, im
                       output: Path) -> list[str]:
     common = [str(fp32), str(calibration), str(output)]
     if run.tool == "ours":
+        # Range methods against range methods: BN folding and profiling only, not the workload's gptq.
         return [sys.executable, "-m", "benchmarks.peers.ours_quantize", *common, "--workload", workload,
-                "--range", run.method, "--weights", run.weights]
+                "--range", run.method, "--weights", run.weights, "--techniques", "fold_bn,profile"]
     batch = largest_divisor(images, ORT_MAX_BATCH)
     options = ["--method", run.method, "--batch-size", str(batch)]
     if run.weights == "per-channel":
