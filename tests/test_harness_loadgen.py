@@ -87,7 +87,9 @@ def test_setup_error_is_reported(tmp_path: Path) -> None:
 
 def test_interrupted_run_leaves_no_complete_looking_result(tmp_path: Path) -> None:
     slow = functools.partial(OracleBackend, delay_ms=50.0)
-    timer = threading.Timer(4.0, os.kill, (os.getpid(), signal.SIGINT))
+    # To the main thread: a process-wide os.kill may land on a worker thread. Once, on a fresh clone, the
+    # run went its full 60 s without the interrupt surfacing (cause not pinned down; this is the likely one).
+    timer = threading.Timer(4.0, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
     timer.start()
     try:
         with pytest.raises(KeyboardInterrupt):
