@@ -104,19 +104,6 @@ def layer_patches(x: np.ndarray, node: onnx.NodeProto, weight_shape: tuple[int, 
     return x.reshape(1, -1, x.shape[-1])
 
 
-@dataclass
-class Moments:
-    """H = Σ x̃x̃ᵀ over a layer's input rows (x̃ = [x; 1]), per group, and the row count."""
-
-    hessian: np.ndarray
-    rows: int = 0
-
-    def add(self, rows: np.ndarray) -> None:
-        """Fold in one batch's rows (float32 products per batch, accumulated in float64)."""
-        self.hessian += np.matmul(rows.transpose(0, 2, 1), rows)
-        self.rows += rows.shape[1]
-
-
 def _with_ones(rows: np.ndarray) -> np.ndarray:
     return np.concatenate([rows, np.ones((*rows.shape[:2], 1), rows.dtype)], axis=2)
 
@@ -175,25 +162,26 @@ def _grouped(weight: np.ndarray, groups: int) -> np.ndarray:
 
 
 def input_hessians(model: onnx.ModelProto, layers: Sequence[onnx.NodeProto], images: np.ndarray,
-                   batch_size: int, show_progress: bool = True) -> dict[str, Moments]:
-    """Each layer's ``Moments`` over ``images`` through ``model``, streamed batch by batch."""
+                   batch_size: int, show_progress: bool = True) -> dict[str, np.ndarray]:
+    """Each layer's H = Σ x̃x̃ᵀ over its input rows (x̃ = [x; 1]) per group, (groups, K+1, K+1), over ``images``
+    through ``model``, streamed batch by batch (float32 products per batch, accumulated in float64)."""
     index = GraphIndex.build(model)
     sources = sorted({node.input[0] for node in layers})
     # ORT's graph optimizations rewrite QDQ around float weights inexactly: they stay off here.
     session = make_session(with_outputs(model, sources), optimize=False)
     feed = input_name(model)
-    moments: dict[str, Moments] = {}
+    hessians: dict[str, np.ndarray] = {}
     with tqdm(total=len(images), desc="gptq inputs", unit="img", disable=not show_progress) as progress:
         for start in range(0, len(images), batch_size):
             batch = np.ascontiguousarray(images[start : start + batch_size])
             values = dict(zip(sources, session.run(sources, {feed: batch})))
             for node in layers:
                 rows = _with_ones(layer_patches(values[node.input[0]], node, index.constant(node.input[1]).shape))
-                if node.name not in moments:
-                    moments[node.name] = Moments(np.zeros((rows.shape[0], rows.shape[2], rows.shape[2])))
-                moments[node.name].add(rows)
+                if node.name not in hessians:
+                    hessians[node.name] = np.zeros((rows.shape[0], rows.shape[2], rows.shape[2]))
+                hessians[node.name] += np.matmul(rows.transpose(0, 2, 1), rows)
             progress.update(len(batch))
-    return moments
+    return hessians
 
 
 def _bias(index: GraphIndex, model: onnx.ModelProto, node: onnx.NodeProto, channels: int) -> str:
@@ -226,8 +214,7 @@ def round_weights(model: onnx.ModelProto, activations: dict[str, Encoding], imag
     biases = {node.name: _bias(index, result, node, index.constant(node.input[1]).shape[weight_axis(node)])
               for node in layers}
     simulated = with_activation_qdq(result, activations)
-    hessians = {name: m.hessian for name, m in input_hessians(simulated, layers, images, batch_size,
-                                                               show_progress).items()}
+    hessians = input_hessians(simulated, layers, images, batch_size, show_progress)
     report = []
     for node in layers:
         weight = index.constant(node.input[1])
