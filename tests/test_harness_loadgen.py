@@ -88,8 +88,11 @@ def test_setup_error_is_reported(tmp_path: Path) -> None:
 
 
 INTERRUPTED_RUN = """
-import functools, sys
+import functools, signal, sys
 from pathlib import Path
+# Ctrl-C live, as in a terminal: a shell without job control starts '&' commands with SIGINT ignored, and Python
+# then installs no KeyboardInterrupt handler (that is how this test failed when CI was run in the background).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from test_harness_fakes import OracleBackend
 from test_harness_loadgen import spec
 from harness.runner import run_scenario
@@ -102,7 +105,7 @@ run_scenario(spec(Path(sys.argv[1]), "SingleStream", "performance", functools.pa
 def test_interrupted_run_leaves_no_complete_looking_result(tmp_path: Path) -> None:
     """Ctrl-C (SIGINT to the harness process) during a 60 s run: the run stops, and nothing complete-looking is left.
 
-    The run is a process of its own, as from the command line, so no state of this test process can mask the signal.
+    The run is a process of its own, as from the command line.
     """
     tests = Path(__file__).resolve().parent
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), str(tests.parent)])}
