@@ -161,11 +161,17 @@ def _grouped(weight: np.ndarray, groups: int) -> np.ndarray:
     return weight.reshape(groups, weight.shape[0] // groups, -1)
 
 
-def input_hessians(model: onnx.ModelProto, layers: Sequence[onnx.NodeProto], images: np.ndarray,
+def input_hessians(model: onnx.ModelProto, layer_names: Sequence[str], images: np.ndarray,
                    batch_size: int, show_progress: bool = True) -> dict[str, np.ndarray]:
-    """Each layer's H = Σ x̃x̃ᵀ over its input rows (x̃ = [x; 1]) per group, (groups, K+1, K+1), over ``images``
-    through ``model``, streamed batch by batch (float32 products per batch, accumulated in float64)."""
+    """Each named layer's H = Σ x̃x̃ᵀ over its input rows (x̃ = [x; 1]) per group, (groups, K+1, K+1), over
+    ``images`` through ``model``, streamed batch by batch (float32 products per batch, accumulated in float64).
+
+    The layers are looked up in ``model`` itself, so in a model from ``with_activation_qdq`` their inputs
+    are the dequantized tensors, exactly what the int8 layers will read."""
     index = GraphIndex.build(model)
+    wanted = set(layer_names)
+    layers = [n for n in model.graph.node if n.name in wanted]
+    shapes = {node.name: index.constant(node.input[1]).shape for node in layers}
     sources = sorted({node.input[0] for node in layers})
     # ORT's graph optimizations rewrite QDQ around float weights inexactly: they stay off here.
     session = make_session(with_outputs(model, sources), optimize=False)
@@ -176,7 +182,7 @@ def input_hessians(model: onnx.ModelProto, layers: Sequence[onnx.NodeProto], ima
             batch = np.ascontiguousarray(images[start : start + batch_size])
             values = dict(zip(sources, session.run(sources, {feed: batch})))
             for node in layers:
-                rows = _with_ones(layer_patches(values[node.input[0]], node, index.constant(node.input[1]).shape))
+                rows = _with_ones(layer_patches(values[node.input[0]], node, shapes[node.name]))
                 if node.name not in hessians:
                     hessians[node.name] = np.zeros((rows.shape[0], rows.shape[2], rows.shape[2]))
                 hessians[node.name] += np.matmul(rows.transpose(0, 2, 1), rows)
@@ -214,7 +220,7 @@ def round_weights(model: onnx.ModelProto, activations: dict[str, Encoding], imag
     biases = {node.name: _bias(index, result, node, index.constant(node.input[1]).shape[weight_axis(node)])
               for node in layers}
     simulated = with_activation_qdq(result, activations)
-    hessians = input_hessians(simulated, layers, images, batch_size, show_progress)
+    hessians = input_hessians(simulated, [n.name for n in layers], images, batch_size, show_progress)
     report = []
     for node in layers:
         weight = index.constant(node.input[1])

@@ -8,12 +8,13 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from calibration.encodings import weight_encoding
+from calibration.encodings import activation_encoding, weight_encoding
 from calibration.errors import CalibrationError
-from calibration.gptq import conv_patches, gptq_round, output_error
+from calibration.gptq import conv_patches, gptq_round, input_hessians, output_error
 from calibration.graph import GraphIndex, make_session
 from calibration.models.builder import GraphBuilder
 from calibration.pipeline import StepContext, quantize, run_steps, validate_steps
+from calibration.qdq import with_activation_qdq
 from harness.config import CalibrationConfig, ModelConfig, WorkloadConfig, with_overrides
 
 RNG = np.random.default_rng(11)
@@ -131,3 +132,18 @@ def test_gptq_step_order_is_checked() -> None:
         validate_steps(config_with("fold_bn,gptq,profile", "per-channel").calibration.techniques)
     with pytest.raises(CalibrationError, match="choose one"):
         validate_steps(config_with("fold_bn,profile,gptq,bias_correction", "per-channel").calibration.techniques)
+
+
+def test_hessians_see_the_quantized_inputs_the_int8_layers_read() -> None:
+    """H of the first conv, through ``with_activation_qdq``, is the Gram of its fake-quantized input's patches."""
+    model = small_model()
+    data = images(8)
+    coarse = activation_encoding(-1.0, 1.0)  # clips and rounds visibly
+    hessian = input_hessians(with_activation_qdq(model, {"x": coarse}), ["c1"], data, 4)["c1"]
+    node = next(n for n in model.graph.node if n.name == "c1")
+    rows = conv_patches(coarse.fake_quantize(data), node, (3, 3))
+    rows = np.concatenate([rows, np.ones((*rows.shape[:2], 1), rows.dtype)], axis=2)
+    expected = np.matmul(rows.transpose(0, 2, 1).astype(np.float64), rows)
+    np.testing.assert_allclose(hessian, expected, rtol=1e-4, atol=1e-3)
+    plain = input_hessians(model, ["c1"], data, 4)["c1"]
+    assert not np.allclose(plain, expected, rtol=1e-3)  # the quantization is visible in H
