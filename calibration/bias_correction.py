@@ -235,10 +235,15 @@ class SegmentRunner:
                                 f"segment{k}")
         session = make_session(segment)
         count = len(self.values[inputs[0]]) if inputs else 0
-        batches = [session.run(outputs, {name: self.values[name][i:i + BATCH_SIZE] for name in inputs})
-                   for i in range(0, count, BATCH_SIZE)]
-        for j, name in enumerate(outputs):
-            self.values[name] = np.concatenate([b[j] for b in batches])
+        results: dict[str, np.ndarray] = {}
+        for i in range(0, count, BATCH_SIZE):
+            batch = session.run(outputs, {name: self.values[name][i:i + BATCH_SIZE] for name in inputs})
+            for name, value in zip(outputs, batch):
+                # written in place: collecting the batches and concatenating them held each output twice
+                if name not in results:
+                    results[name] = np.empty((count, *value.shape[1:]), value.dtype)
+                results[name][i:i + len(value)] = value
+        self.values.update(results)
         for name in [n for n in self.values if self._last_use.get(n, -1) <= k and n != layer_out]:
             del self.values[name]
         self._next += 1
