@@ -117,16 +117,36 @@ def _damped(hessian: np.ndarray) -> np.ndarray:
     return h
 
 
-def gptq_round(weight: np.ndarray, hessian: np.ndarray, encoding: Encoding, free_columns: int = 0
-               ) -> tuple[np.ndarray, np.ndarray]:
+def gptq_round(weight: np.ndarray, hessian: np.ndarray, encoding: Encoding, free_columns: int = 0,
+               act_order: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """int8 codes for the first K − ``free_columns`` columns of ``weight`` (groups, rows, K) given
     ``hessian`` (groups, K, K) and the round-to-nearest ``encoding`` of those columns (per row, scales
     (groups·rows,), or per tensor), and the final values of the free columns (a bias), which absorb
     the error left.
 
-    Columns are quantized in order; each column's error, divided by the Cholesky factor's diagonal,
-    updates the later columns. The element that sets each scale stays at ±127 exactly.
+    Columns are quantized in order, or with ``act_order`` in decreasing order of H's diagonal (the
+    inputs with the most energy first, while the most columns are left to absorb their error); each
+    column's error, divided by the Cholesky factor's diagonal, updates the later columns. The element
+    that sets each scale stays at ±127 exactly. The free columns always come last.
     """
+    if not act_order:
+        return _round_in_order(weight, hessian, encoding, free_columns)
+    quantized = weight.shape[2] - free_columns
+    energy = np.diagonal(hessian, axis1=1, axis2=2)[:, :quantized]
+    order = np.concatenate([np.argsort(-energy, axis=1, kind="stable"),
+                            np.broadcast_to(np.arange(quantized, weight.shape[2]), (len(energy), free_columns))],
+                           axis=1)
+    permuted_hessian = np.take_along_axis(np.take_along_axis(hessian, order[:, :, None], axis=1),
+                                          order[:, None, :], axis=2)
+    codes, free = _round_in_order(np.take_along_axis(weight, order[:, None, :], axis=2), permuted_hessian,
+                                  encoding, free_columns)
+    restored = np.empty_like(codes)
+    np.put_along_axis(restored, np.broadcast_to(order[:, None, :quantized], codes.shape), codes, axis=2)
+    return restored, free
+
+
+def _round_in_order(weight: np.ndarray, hessian: np.ndarray, encoding: Encoding, free_columns: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
     groups, rows, k = weight.shape
     quantized = k - free_columns
     scale = np.broadcast_to(encoding.scale.astype(np.float64).reshape(-1, 1) if encoding.axis is not None
@@ -203,10 +223,10 @@ def _bias(index: GraphIndex, model: onnx.ModelProto, node: onnx.NodeProto, chann
 
 
 def round_weights(model: onnx.ModelProto, activations: dict[str, Encoding], images: np.ndarray,
-                  per_channel: bool, batch_size: int, show_progress: bool = True
+                  per_channel: bool, batch_size: int, show_progress: bool = True, act_order: bool = False
                   ) -> tuple[onnx.ModelProto, list[RoundedLayer]]:
     """A copy of ``model`` whose weights are GPTQ-rounded values on their int8 grids and whose biases
-    absorb the rest of the rounding error, with a per-layer report."""
+    absorb the rest of the rounding error, with a per-layer report (``act_order``: see ``gptq_round``)."""
     result = onnx.ModelProto()
     result.CopyFrom(model)
     index = GraphIndex.build(result)
@@ -222,7 +242,7 @@ def round_weights(model: onnx.ModelProto, activations: dict[str, Encoding], imag
     simulated = with_activation_qdq(result, activations)
     hessians = input_hessians(simulated, [n.name for n in layers], images, batch_size, show_progress)
     report = []
-    for node in layers:
+    for node in tqdm(layers, desc="gptq rounding", unit="layer", disable=not show_progress):
         weight = index.constant(node.input[1])
         axis = weight_axis(node)
         moved = np.moveaxis(weight, axis, 0)
@@ -230,7 +250,7 @@ def round_weights(model: onnx.ModelProto, activations: dict[str, Encoding], imag
         bias = index.constant(biases[node.name]).astype(np.float64).reshape(groups, -1, 1)
         original = np.concatenate([_grouped(moved, groups).astype(np.float64), bias], axis=2)
         encoding = weight_encoding(moved, per_channel)
-        codes, new_bias = gptq_round(original, hessians[node.name], encoding, free_columns=1)
+        codes, new_bias = gptq_round(original, hessians[node.name], encoding, free_columns=1, act_order=act_order)
         scale = encoding.scale.reshape(groups, -1, 1) if per_channel else encoding.scale
         rounded = (codes * scale).astype(np.float32)
         nearest = _grouped(encoding.fake_quantize(moved), groups)

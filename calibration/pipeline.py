@@ -100,11 +100,13 @@ def step_bias_correction(state: PipelineState, ctx: StepContext, option: str | N
     state.report["bias_correction"] = {"method": option or "empirical", **result.report()}
 
 
-def step_gptq(state: PipelineState, ctx: StepContext, _option: str | None) -> None:
+def step_gptq(state: PipelineState, ctx: StepContext, option: str | None) -> None:
+    """``gptq`` rounds each layer's columns in their stored order, ``gptq:act_order`` largest input energy first."""
     cal = ctx.config.calibration
     state.model, layers = round_weights(state.model, state.activations, ctx.calibration_images,
-                                        cal.weights == "per-channel", cal.batch_size, ctx.show_progress)
-    state.report["gptq"] = {"layers": [layer.as_dict() for layer in layers]}
+                                        cal.weights == "per-channel", cal.batch_size, ctx.show_progress,
+                                        act_order=option == "act_order")
+    state.report["gptq"] = {"column_order": option or "stored", "layers": [layer.as_dict() for layer in layers]}
 
 
 def step_relu6_to_relu(state: PipelineState, _ctx: StepContext, _option: str | None) -> None:

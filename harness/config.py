@@ -27,7 +27,7 @@ TECHNIQUE_OPTIONS: dict[str, tuple[str | None, ...]] = {
     "cle": (None, "exact", "skip_relu6", "iterate", "activation_aware"),  # None: exact, one pass
     "high_bias_absorption": (None,),
     "bias_correction": (None, "empirical", "analytical"),  # None: empirical
-    "gptq": (None,),  # Hessian-aware weight rounding (calibration/gptq.py)
+    "gptq": (None, "act_order"),  # Hessian-aware weight rounding (calibration/gptq.py); None: stored column order
     "auto": (None,),  # the technique search (calibration/search.py); must be the only entry
 }
 

@@ -56,8 +56,9 @@ def hessian_of(rows: np.ndarray) -> np.ndarray:
     return (augmented.T @ augmented)[None]
 
 
+@pytest.mark.parametrize("act_order", [False, True])
 @pytest.mark.parametrize("per_channel", [True, False])
-def test_gptq_beats_round_to_nearest_on_held_out_inputs(per_channel: bool) -> None:
+def test_gptq_beats_round_to_nearest_on_held_out_inputs(per_channel: bool, act_order: bool) -> None:
     k, rows = 48, 16
     mixing = RNG.normal(0, 1, (k, k)) * np.linspace(2.0, 0.1, k)  # correlated, unevenly scaled inputs
     mixing[:, :8] += 1.0  # and not centred, so the bias has error to absorb
@@ -66,7 +67,7 @@ def test_gptq_beats_round_to_nearest_on_held_out_inputs(per_channel: bool) -> No
     weight[0] *= 10  # one large row: per-tensor scales are coarse for the others
     original = np.concatenate([weight, bias[:, None]], axis=1)[None]
     encoding = weight_encoding(weight, per_channel)
-    codes, new_bias = gptq_round(original, hessian_of(fit), encoding, free_columns=1)
+    codes, new_bias = gptq_round(original, hessian_of(fit), encoding, free_columns=1, act_order=act_order)
     assert codes.min() >= -127 and codes.max() <= 127
     scale = encoding.scale.reshape(-1, 1) if per_channel else encoding.scale
     grid = codes[0] * scale
@@ -78,6 +79,21 @@ def test_gptq_beats_round_to_nearest_on_held_out_inputs(per_channel: bool) -> No
     nearest = np.concatenate([encoding.fake_quantize(weight), bias[:, None]], axis=1)[None]
     gptq = np.concatenate([grid, new_bias[0]], axis=1)[None]
     assert output_error(original, gptq, check) < 0.6 * output_error(original, nearest, check)
+
+
+def test_act_order_is_in_order_rounding_of_the_permuted_columns() -> None:
+    k, rows = 12, 5
+    inputs = correlated_rows(600, RNG.normal(0, 1, (k, k)) * RNG.uniform(0.1, 3.0, k))
+    hessian = hessian_of(inputs)
+    original = RNG.normal(0, 1, (1, rows, k + 1))
+    encoding = weight_encoding(original[0, :, :k], True)
+    codes, bias = gptq_round(original, hessian, encoding, free_columns=1, act_order=True)
+    order = np.append(np.argsort(-np.diag(hessian[0])[:k], kind="stable"), k)
+    assert not np.array_equal(order, np.arange(k + 1))
+    permuted_codes, permuted_bias = gptq_round(original[:, :, order], hessian[:, order][:, :, order], encoding,
+                                               free_columns=1)
+    assert np.array_equal(codes[:, :, order[:k]], permuted_codes)
+    np.testing.assert_array_equal(bias, permuted_bias)
 
 
 def test_output_error_matches_the_direct_computation() -> None:
@@ -108,14 +124,16 @@ def images(count: int) -> np.ndarray:
     return RNG.normal(0.2, 1.0, (count, 3, 12, 12)).astype(np.float32)
 
 
-@pytest.mark.parametrize("weights", ["per-tensor", "per-channel"])
-def test_int8_model_holds_exactly_the_gptq_weights(weights: str) -> None:
+@pytest.mark.parametrize(("weights", "step"), [("per-tensor", "gptq"), ("per-channel", "gptq"),
+                                               ("per-channel", "gptq:act_order")])
+def test_int8_model_holds_exactly_the_gptq_weights(weights: str, step: str) -> None:
     data = images(64)
-    state = run_steps(small_model(), StepContext(config_with("fold_bn,profile,gptq", weights), data, False))
+    state = run_steps(small_model(), StepContext(config_with(f"fold_bn,profile,{step}", weights), data, False))
     qmodel, _ = quantize(state, weights == "per-channel")
     rounded = GraphIndex.build(state.model)
     stored = {i.name: numpy_helper.to_array(i) for i in qmodel.graph.initializer}
     layers = state.report["gptq"]["layers"]
+    assert state.report["gptq"]["column_order"] == ("act_order" if step.endswith("act_order") else "stored")
     assert [row["layer"] for row in layers] == ["c1", "dw", "pw", "fc"]
     assert all(row["gptq_error"] < row["rtn_error"] for row in layers)
     for node in state.model.graph.node:
