@@ -62,6 +62,7 @@ ROWS: dict[str, str] = {
     "CLE+BA+BC(emp)": "fold_bn,cle,high_bias_absorption,profile,bias_correction:empirical",
     "CLE+BA+BC(analytical)": "fold_bn,cle,high_bias_absorption,profile,bias_correction:analytical",
     "GPTQ": "fold_bn,profile,gptq",
+    "GPTQ(act-order)": "fold_bn,profile,gptq:act_order",
     "GPTQ(percentile)": "fold_bn,profile,gptq",
     "CLE+BA+GPTQ": "fold_bn,cle,high_bias_absorption,profile,gptq",
     "auto": "auto",

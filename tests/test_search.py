@@ -33,7 +33,7 @@ def test_auto_never_reads_labels_and_keeps_the_best(monkeypatch: pytest.MonkeyPa
     assert labels[:5] == ["none", "CLE", "CLE+BA", "CLE(act-aware)+BA", "ReLU6→ReLU+CLE+BA"]
     stage_one = max(result.scores[:5], key=lambda s: s.key)
     assert f"{stage_one.label}+BC(empirical)" in labels and f"{stage_one.label}+BC(analytical)" in labels
-    assert f"{stage_one.label}+GPTQ" in labels
+    assert f"{stage_one.label}+GPTQ" in labels and f"{stage_one.label}+GPTQ(act-order)" in labels
     assert result.best.key == max(s.key for s in result.scores)
     # the kept state is the winner's: re-quantizing it reproduces the recorded score
     reference = run_batches(make_session(model, optimize=True), data)
