@@ -177,7 +177,7 @@ def expected_input(tensor: str, index: GraphIndex, folded: dict[str, FoldedBN]) 
 def _channel_means(values: np.ndarray) -> np.ndarray:
     """Mean over every axis but the channel axis (1)."""
     axes = tuple(i for i in range(values.ndim) if i != 1)
-    return values.astype(np.float64).mean(axis=axes)
+    return values.mean(axis=axes, dtype=np.float64)  # accumulates in float64 without a float64 copy
 
 
 class SegmentRunner:
