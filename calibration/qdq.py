@@ -17,6 +17,7 @@ Layout, chosen so that ONNX Runtime fuses every convolution into QLinearConv:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -132,6 +133,24 @@ def _qdq_pair(model: onnx.ModelProto, tensor: str, encoding: Encoding) -> tuple[
     return nodes, dequantized
 
 
+def _quantize_outputs(model: onnx.ModelProto, tensors: Sequence[str], activations: dict[str, Encoding],
+                      rename: dict[str, str]) -> list[onnx.NodeProto]:
+    """Q/DQ pairs for the encoded ``tensors``, recording each one's dequantized copy in ``rename``."""
+    nodes: list[onnx.NodeProto] = []
+    for tensor in tensors:
+        if tensor in activations:
+            pairs, rename[tensor] = _qdq_pair(model, tensor, activations[tensor])
+            nodes.extend(pairs)
+    return nodes
+
+
+def _read_dequantized(node: onnx.NodeProto, rename: dict[str, str]) -> None:
+    """Point ``node``'s inputs at the dequantized copies of encoded tensors."""
+    for i, name in enumerate(node.input):
+        if name in rename:
+            node.input[i] = rename[name]
+
+
 def _integer_min(model: onnx.ModelProto, index: GraphIndex, node: onnx.NodeProto, source: str,
                  encoding: Encoding) -> list[onnx.NodeProto]:
     """Q(source) → Min against uint8 bounds → DQ, all with the Min output's encoding."""
@@ -190,22 +209,16 @@ def write_qdq_model(model: onnx.ModelProto, plan: QuantPlan, activations: dict[s
         producer.output[0] = act.output[0]
     remove_nodes(qmodel, fused_nodes)
 
-    new_nodes: list[onnx.NodeProto] = []
-    rename: dict[str, str] = {}
-    graph_input = input_name(qmodel)
-    pairs, rename[graph_input] = _qdq_pair(qmodel, graph_input, activations[graph_input])
-    new_nodes.extend(pairs)
-    dequantized_source = {rename[graph_input]: graph_input}
+    rename: dict[str, str] = {}  # encoded tensor -> its dequantized copy, which consumers read
+    new_nodes = _quantize_outputs(qmodel, [input_name(qmodel)], activations, rename)
     for node in qmodel.graph.node:
         if node.name in plan.integer_min:
             out = node.output[0]
             new_nodes.extend(_integer_min(qmodel, index, node, plan.integer_min[node.name], activations[out]))
             rename[out] = f"{out}.dequantized"
-            dequantized_source[rename[out]] = out
             continue
-        for i, name in enumerate(node.input):
-            if name in rename:
-                node.input[i] = rename[name]
+        source = node.input[0] if node.input else ""
+        _read_dequantized(node, rename)
         if node.name in weights:
             encoding, q = weights[node.name]
             weight_name = node.input[1]
@@ -218,8 +231,7 @@ def write_qdq_model(model: onnx.ModelProto, plan: QuantPlan, activations: dict[s
             node.input[1] = f"{weight_name}.dq"
             params[weight_name] = encoding
             if len(node.input) > 2 and node.input[2]:
-                source = dequantized_source.get(node.input[0], "")
-                if source not in activations:
+                if source not in rename:
                     raise CalibrationError(f"{node.op_type} '{node.name}': its input has no activation encoding")
                 b_enc = bias_encoding(activations[source].scale, encoding)
                 b_enc = Encoding(b_enc.scale, b_enc.zero_point, "int32", 0 if b_enc.axis is not None else None)
@@ -234,11 +246,7 @@ def write_qdq_model(model: onnx.ModelProto, plan: QuantPlan, activations: dict[s
                 node.input[2] = f"{bias_name}.dq"
                 params[bias_name] = b_enc
         new_nodes.append(node)
-        for out in node.output:
-            if out in activations:
-                pairs, rename[out] = _qdq_pair(qmodel, out, activations[out])
-                dequantized_source[rename[out]] = out
-                new_nodes.extend(pairs)
+        new_nodes.extend(_quantize_outputs(qmodel, node.output, activations, rename))
     del qmodel.graph.node[:]
     qmodel.graph.node.extend(new_nodes)
     drop_unused_initializers(qmodel)
@@ -252,20 +260,11 @@ def with_activation_qdq(model: onnx.ModelProto, activations: dict[str, Encoding]
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     rename: dict[str, str] = {}
-    nodes: list[onnx.NodeProto] = []
-    graph_input = input_name(copy)
-    if graph_input in activations:
-        pairs, rename[graph_input] = _qdq_pair(copy, graph_input, activations[graph_input])
-        nodes.extend(pairs)
+    nodes = _quantize_outputs(copy, [input_name(copy)], activations, rename)
     for node in copy.graph.node:
-        for i, name in enumerate(node.input):
-            if name in rename:
-                node.input[i] = rename[name]
+        _read_dequantized(node, rename)
         nodes.append(node)
-        for out in node.output:
-            if out in activations:
-                pairs, rename[out] = _qdq_pair(copy, out, activations[out])
-                nodes.extend(pairs)
+        nodes.extend(_quantize_outputs(copy, node.output, activations, rename))
     del copy.graph.node[:]
     copy.graph.node.extend(nodes)
     return copy
