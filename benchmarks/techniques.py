@@ -4,8 +4,8 @@
 
 One table per model (MobileNetV2, EfficientNet-Lite0) on the 1000 sample images, calibrated on the 500
 even-position images. Rows: none, CLE, CLE+BA, CLE+BA+BC (empirical), CLE+BA+BC (analytical), GPTQ (with the
-workload's range method and with percentile), CLE+BA+GPTQ and auto, per-tensor and per-channel, then the peers
-measured in the same run: ONNX Runtime ``quantize_static`` (MinMax), NNCF 3.4.0 (fast and full bias
+workload's range method, in act-order and with percentile), CLE+BA+GPTQ and auto, per-tensor and per-channel,
+then the peers measured in the same run: ONNX Runtime ``quantize_static`` (MinMax), NNCF 3.4.0 (fast and full bias
 correction; per-channel, its default), AIMET-ONNX 2.42.0 (CLE + QuantSim; per-tensor, its default). Every
 quantizer runs as a child process (``benchmarks/peers/run_peer.py``), ours through this file's ``quantize``
 sub-command, so its time and peak memory are its own. Every int8 model is evaluated here with ORT_ENABLE_ALL:
