@@ -9,7 +9,10 @@
   ranges of the weights *and* of the activations between them become flat together.
 - A Clip(0, c) between scaled layers becomes min(ReLU(x), c/s_i) per channel ("exact" mode, the
   float function is unchanged) or leaves the set unscaled ("skip" mode); ``relu6_to_relu``
-  replaces it by ReLU as the paper does (this changes the float function).
+  replaces it by ReLU as the paper does (this changes the float function). "fused" mode is exact
+  too, but lowers the scales where needed so that every channel's bound c/s_i stays at or above
+  the largest value the tensor takes on the calibration images: the int8 clamp then cuts at or
+  below every bound, so the int8 model needs no per-channel Min and every layer stays fused.
 - High-bias absorption moves max(0, β − 3|γ|) of each channel (all of β with no activation)
   from a layer's bias into the next layer's bias, using the BN statistics kept by BN folding.
 """
@@ -27,11 +30,12 @@ from onnx import helper
 from calibration.errors import CalibrationError
 from calibration.fold import FoldedBN
 from calibration.graph import GraphIndex, attribute, conv_group, fresh_name
+from calibration.profile import ChannelRanges
 from calibration.qdq import clip_bounds, constant_min_bound
 
 log = logging.getLogger(__name__)
 
-Relu6Mode = Literal["exact", "skip"]
+Relu6Mode = Literal["exact", "skip", "fused"]
 LinkKind = Literal["none", "relu", "clip", "relu_min"]
 
 MAX_LOG_SCALE = 4.0  # activation-aware scales are clamped to e^±4
@@ -135,6 +139,22 @@ def activation_aware_scales(weight_terms: list[tuple[np.ndarray, tuple[int, ...]
     centred = logs - logs.mean(axis=1, keepdims=True)
     x = -np.linalg.solve(a.T @ a, a.T @ centred)
     return [np.exp(np.clip(row, -max_log_scale, max_log_scale)) for row in x]
+
+
+def fusable_scales(s: np.ndarray, bound: np.ndarray, maxima: np.ndarray) -> np.ndarray:
+    """``s`` lowered where needed so that every bound/s stays at or above max(maxima/s).
+
+    ``maxima`` are the channels' largest values (at most their bounds). Lowering s_i to
+    bound_i/top keeps the top: that channel's maximum/s_i becomes top·maxima_i/bound_i ≤ top.
+    Channels with a zero bound are constant zero and keep their scale.
+    """
+    top = float(np.max(maxima / s, initial=0.0))
+    if top <= 0.0:
+        return s
+    limited = s.copy()
+    live = bound > 0
+    limited[live] = np.minimum(s[live], bound[live] / top)
+    return limited
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,7 +406,7 @@ def _plain_scales(ws: _Workspace, cle_set: CleSet) -> list[np.ndarray]:
     return list(triplet_scales(r_first, output_channel_ranges(layers[1].weight), r_last))
 
 
-def _aware_scales(ws: _Workspace, cle_set: CleSet, channel_ranges: dict[str, np.ndarray]) -> list[np.ndarray]:
+def _aware_scales(ws: _Workspace, cle_set: CleSet, channel_ranges: dict[str, ChannelRanges]) -> list[np.ndarray]:
     layers = [ws.layers[n] for n in cle_set.layers]
     k = len(cle_set.links)
     unit = np.eye(k, dtype=int)
@@ -394,7 +414,7 @@ def _aware_scales(ws: _Workspace, cle_set: CleSet, channel_ranges: dict[str, np.
     for j, link in enumerate(cle_set.links):
         if link.tensor not in channel_ranges:
             raise CalibrationError(f"CLE: no per-channel statistics for '{link.tensor}'")
-        terms.append((channel_ranges[link.tensor], tuple(-unit[j])))
+        terms.append((channel_ranges[link.tensor].mean_max, tuple(-unit[j])))
         if j + 1 < k:  # a depthwise middle layer: input scaled by s_j, output by 1/s_(j+1)
             terms.append((output_channel_ranges(layers[j + 1].weight), tuple(unit[j] - unit[j + 1])))
     terms.append((input_channel_ranges(layers[-1].weight, layers[-1].depthwise), tuple(unit[k - 1])))
@@ -408,11 +428,16 @@ def _spread(r: np.ndarray) -> float:
 
 
 def equalize(model: onnx.ModelProto, folded: dict[str, FoldedBN], relu6: Relu6Mode = "exact",
-             iterate: bool = False, channel_ranges: dict[str, np.ndarray] | None = None) -> EqualizationResult:
-    """CLE on a copy of ``model``; ``channel_ranges`` (per-channel max|x| of each link tensor)
-    selects the activation-aware mode. ``folded`` BN statistics are divided by the output scales."""
+             iterate: bool = False, channel_ranges: dict[str, ChannelRanges] | None = None,
+             activation_aware: bool = False) -> EqualizationResult:
+    """CLE on a copy of ``model``. ``channel_ranges`` (per-channel statistics of each link tensor on
+    the calibration images) are needed by the activation-aware mode and by ReLU6 mode "fused".
+    ``folded`` BN statistics are divided by the output scales."""
     sets, skipped = find_cle_sets(model)
-    channel_ranges = None if channel_ranges is None else dict(channel_ranges)
+    if (activation_aware or relu6 == "fused") and channel_ranges is None:
+        raise CalibrationError("CLE: the activation-aware mode and ReLU6 mode 'fused' need per-channel "
+                               "statistics of the calibration images")
+    ranges = dict(channel_ranges or {})
     active: list[CleSet] = []
     for cle_set in sets:
         if relu6 == "skip" and cle_set.has_relu6:
@@ -428,14 +453,17 @@ def equalize(model: onnx.ModelProto, folded: dict[str, FoldedBN], relu6: Relu6Mo
         passes += 1
         largest_step = 0.0
         for cle_set in active:
-            scales = (_aware_scales(ws, cle_set, channel_ranges) if channel_ranges is not None
-                      else _plain_scales(ws, cle_set))
-            for j, s in enumerate(scales):
-                ws.scale_link(cle_set.layers[j], cle_set.layers[j + 1], cle_set.links[j], s)
-                largest_step = max(largest_step, float(np.abs(np.log(s)).max(initial=0.0)))
-            if channel_ranges is not None:
-                for link, s in zip(cle_set.links, scales):
-                    channel_ranges[link.tensor] = channel_ranges[link.tensor] / s
+            scales = _aware_scales(ws, cle_set, ranges) if activation_aware else _plain_scales(ws, cle_set)
+            for j, link in enumerate(cle_set.links):
+                if relu6 == "fused" and link.tensor in ws.bounds:
+                    if link.tensor not in ranges:
+                        raise CalibrationError(f"CLE: no per-channel statistics for '{link.tensor}'")
+                    scales[j] = fusable_scales(scales[j], ws.bounds[link.tensor], ranges[link.tensor].maximum)
+                ws.scale_link(cle_set.layers[j], cle_set.layers[j + 1], link, scales[j])
+                largest_step = max(largest_step, float(np.abs(np.log(scales[j])).max(initial=0.0)))
+                if link.tensor in ranges:
+                    r = ranges[link.tensor]
+                    ranges[link.tensor] = ChannelRanges(r.mean_max / scales[j], r.maximum / scales[j])
     new_folded = dict(folded)
     for name, layer in ws.layers.items():
         if name in folded:
@@ -444,7 +472,7 @@ def equalize(model: onnx.ModelProto, folded: dict[str, FoldedBN], relu6: Relu6Mo
     scaled = dict.fromkeys(n for s in active for n in s.layers[:-1])
     out_scales = np.concatenate([ws.layers[n].out_scale for n in scaled]) if scaled else np.ones(1)
     report = {
-        "mode": "activation_aware" if channel_ranges is not None else "plain",
+        "mode": "activation_aware" if activation_aware else "plain",
         "relu6": relu6,
         "passes": passes,
         "sets": [
@@ -460,8 +488,12 @@ def equalize(model: onnx.ModelProto, folded: dict[str, FoldedBN], relu6: Relu6Mo
                    "median_abs_log": float(np.median(np.abs(np.log(out_scales))))},
         "depthwise_ranges": {n: {"before": before[n], "after": output_channel_ranges(ws.layers[n].weight).tolist()}
                              for n in dw_names},
-        # Exact ReLU6: each clip's per-channel bounds c/s after scaling (the per-tensor range follows the largest).
-        "relu6_bounds": {tensor: {"min": float(b.min()), "max": float(b.max())} for tensor, b in ws.bounds.items()},
+        # Exact ReLU6: each clip's per-channel bounds c/s after scaling (the per-tensor range follows the
+        # largest) and, with calibration statistics, the largest value the tensor took.
+        "relu6_bounds": {
+            tensor: {"min": float(b.min()), "max": float(b.max()),
+                     **({"largest_value": float(ranges[tensor].maximum.max())} if tensor in ranges else {})}
+            for tensor, b in ws.bounds.items()},
     }
     log.info("CLE: %d sets scaled, %d skipped, %d pass(es)", len(active), len(skipped), passes)
     return EqualizationResult(ws.write_back(active), new_folded, report)

@@ -118,14 +118,18 @@ def step_relu6_to_relu(state: PipelineState, _ctx: StepContext, _option: str | N
 
 def step_cle(state: PipelineState, ctx: StepContext, option: str | None) -> None:
     """``cle`` / ``cle:exact`` keep ReLU6 exact with per-channel bounds, ``cle:skip_relu6`` leaves
-    sets with a ReLU6 unscaled, ``cle:iterate`` repeats exact CLE until the scales settle, and
-    ``cle:activation_aware`` fits weight and activation ranges together from calibration statistics."""
+    sets with a ReLU6 unscaled, ``cle:iterate`` repeats exact CLE until the scales settle,
+    ``cle:activation_aware`` fits weight and activation ranges together from calibration statistics,
+    and the ``_fused`` forms limit the scales so that the int8 clamp covers every ReLU6 bound."""
+    aware = option in ("activation_aware", "activation_aware_fused")
+    fused = option in ("fused", "activation_aware_fused")
     channel_ranges = None
-    if option == "activation_aware":
+    if aware or fused:
         channel_ranges = profile_channel_ranges(state.model, link_tensors(state.model), ctx.calibration_images,
                                                 ctx.config.calibration.batch_size)
-    result = equalize(state.model, state.folded, relu6="skip" if option == "skip_relu6" else "exact",
-                      iterate=option == "iterate", channel_ranges=channel_ranges)
+    relu6 = "skip" if option == "skip_relu6" else "fused" if fused else "exact"
+    result = equalize(state.model, state.folded, relu6=relu6, iterate=option == "iterate",
+                      channel_ranges=channel_ranges, activation_aware=aware)
     state.model, state.folded = result.model, result.folded
     state.report["cle"] = result.report
 

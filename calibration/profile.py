@@ -128,17 +128,29 @@ def profile_activations(model: onnx.ModelProto, tensors: Sequence[str], images: 
     return stats
 
 
+@dataclass(frozen=True)
+class ChannelRanges:
+    """Per-channel (axis 1) max|x| of one tensor over the calibration images."""
+
+    mean_max: np.ndarray  # each image's own max, averaged over the images (like ``mean_minmax``)
+    maximum: np.ndarray  # the largest over all images
+
+
 def profile_channel_ranges(model: onnx.ModelProto, tensors: Sequence[str], images: np.ndarray,
-                           batch_size: int) -> dict[str, np.ndarray]:
-    """Per-channel (axis 1) max|x| of each tensor, averaged over the images like ``mean_minmax``."""
+                           batch_size: int) -> dict[str, ChannelRanges]:
+    """Per-channel ranges of each tensor, in one streamed pass."""
     if not tensors:
         return {}
     session = make_session(with_outputs(model, list(tensors)), optimize=True)
     feed = input_name(model)
     sums: dict[str, np.ndarray] = {}
+    maxima: dict[str, np.ndarray] = {}
     for start in range(0, len(images), batch_size):
         batch = np.ascontiguousarray(images[start : start + batch_size])
         for name, value in zip(tensors, session.run(list(tensors), {feed: batch})):
-            per_image = np.abs(value).reshape(value.shape[0], value.shape[1], -1).max(axis=2).sum(axis=0)
-            sums[name] = sums[name] + per_image if name in sums else per_image.astype(np.float64)
-    return {name: total / len(images) for name, total in sums.items()}
+            per_image = np.abs(value).reshape(value.shape[0], value.shape[1], -1).max(axis=2)
+            total = per_image.sum(axis=0, dtype=np.float64)
+            sums[name] = sums[name] + total if name in sums else total
+            largest = per_image.max(axis=0).astype(np.float64)
+            maxima[name] = np.maximum(maxima[name], largest) if name in maxima else largest
+    return {name: ChannelRanges(sums[name] / len(images), maxima[name]) for name in tensors}

@@ -24,7 +24,8 @@ TECHNIQUE_OPTIONS: dict[str, tuple[str | None, ...]] = {
     "fold_bn": (None,),
     "profile": (None,),
     "relu6_to_relu": (None,),
-    "cle": (None, "exact", "skip_relu6", "iterate", "activation_aware"),  # None: exact, one pass
+    # None: exact. The _fused forms keep ReLU6 exact within the int8 clamp (calibration/equalize.py).
+    "cle": (None, "exact", "skip_relu6", "iterate", "activation_aware", "fused", "activation_aware_fused"),
     "high_bias_absorption": (None,),
     "bias_correction": (None, "empirical", "analytical"),  # None: empirical
     "gptq": (None, "act_order"),  # Hessian-aware weight rounding (calibration/gptq.py); None: stored column order

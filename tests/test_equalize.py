@@ -13,6 +13,7 @@ from calibration.equalize import (
     activation_aware_scales,
     equalize,
     find_cle_sets,
+    fusable_scales,
     input_channel_ranges,
     link_tensors,
     output_channel_ranges,
@@ -20,6 +21,7 @@ from calibration.equalize import (
     relu6_to_relu,
     triplet_scales,
 )
+from calibration.errors import CalibrationError
 from calibration.fold import FoldedBN, fold_batch_norms
 from calibration.graph import GraphIndex, make_session, with_outputs
 from calibration.models.builder import GraphBuilder
@@ -97,17 +99,19 @@ def test_set_search_finds_pairs_triplets_and_stops_at_forks():
     assert "fork" in skipped[0].reason
 
 
-@pytest.mark.parametrize("option", ["exact", "skip", "iterate", "activation_aware"])
+@pytest.mark.parametrize("option", ["exact", "skip", "iterate", "activation_aware", "fused",
+                                    "activation_aware_fused"])
 def test_fold_and_cle_preserve_the_float_function(option: str):
     model, folded_model, folded = _folded()
     x = _images()
     reference = _run(model, x)[0]
     assert _rel_err(_run(folded_model, x)[0], reference) < RTOL
     channel_ranges = None
-    if option == "activation_aware":
+    if "aware" in option or "fused" in option:
         channel_ranges = profile_channel_ranges(folded_model, link_tensors(folded_model), _images(8, 2), 4)
-    result = equalize(folded_model, folded, relu6="skip" if option == "skip" else "exact",
-                      iterate=option == "iterate", channel_ranges=channel_ranges)
+    relu6 = "skip" if option == "skip" else "fused" if "fused" in option else "exact"
+    result = equalize(folded_model, folded, relu6=relu6, iterate=option == "iterate", channel_ranges=channel_ranges,
+                      activation_aware="aware" in option)
     assert _rel_err(_run(result.model, x)[0], reference) < RTOL
     assert result.report["sets"], "nothing was scaled"
     if option == "skip":
@@ -180,6 +184,30 @@ def test_activation_aware_scales_are_clamped_and_dead_channels_floored():
     (tenth,) = activation_aware_scales([(r, (-1,)), (np.array([1.0, 1.0, 1.0, 0.1]), (-1,)), (r, (1,))])
     np.testing.assert_allclose(dead, tenth, rtol=1e-12)
     assert np.abs(np.log(dead)).max() < MAX_LOG_SCALE
+
+
+def test_fusable_scales_keep_every_bound_at_or_above_the_largest_value():
+    rng = np.random.default_rng(5)
+    bound = np.full(32, 6.0)
+    maxima = np.minimum(rng.uniform(0.1, 8.0, 32), bound)  # values are clipped at their bound
+    maxima[0] = 0.0  # a dead channel
+    s = np.exp(rng.uniform(-3, 3, 32))
+    limited = fusable_scales(s, bound, maxima)
+    assert np.all(limited <= s)
+    top = np.max(maxima / limited)
+    assert np.all(bound / limited >= top * (1 - 1e-12))
+    assert np.isclose(top, np.max(maxima / s))  # lowering a scale never raises the tensor's largest value
+    kept = bound / s >= np.max(maxima / s)
+    np.testing.assert_array_equal(limited[kept], s[kept])  # scales that already fit are untouched
+    zero_bound = bound.copy()
+    zero_bound[3] = 0.0  # a channel clipped to zero is constant and keeps its scale
+    assert fusable_scales(s, zero_bound, np.minimum(maxima, zero_bound))[3] == s[3]
+
+
+def test_fused_relu6_needs_calibration_statistics():
+    _, folded_model, folded = _folded()
+    with pytest.raises(CalibrationError, match="per-channel statistics"):
+        equalize(folded_model, folded, relu6="fused")
 
 
 def _clip_model(form: str) -> onnx.ModelProto:
@@ -298,7 +326,7 @@ def test_high_bias_absorption_is_exact_where_no_preactivation_falls_below_c(relu
 
 
 def test_cle_steps_must_sit_between_fold_bn_and_profile():
-    from calibration.errors import CalibrationError, WorkloadError
+    from calibration.errors import WorkloadError
     from calibration.pipeline import validate_steps
     from harness.config import parse_technique
 

@@ -12,10 +12,10 @@ import onnxruntime as ort
 import pytest
 
 from calibration.encodings import activation_encoding
-from calibration.equalize import equalize
+from calibration.equalize import equalize, link_tensors
 from calibration.fold import fold_batch_norms
 from calibration.graph import make_session
-from calibration.profile import profile_activations
+from calibration.profile import profile_activations, profile_channel_ranges
 from calibration.qdq import plan_quantization, write_qdq_model
 from calibration.ranges import choose_range
 from tests.test_equalize import _images, mobile_block_model
@@ -69,3 +69,19 @@ def test_every_convolution_stays_fused(cap: float | None):
     assert ops.count("QLinearConv") == sum(n.op_type == "Conv" for n in model.graph.node)
     # A tiny range puts every bound at or above 255: the Q/DQ clamp alone is exact, the Min goes.
     assert ops.count("Min") == (0 if cap is not None else 2)
+
+
+def test_fused_relu6_needs_no_min_in_the_int8_model():
+    """Fused CLE keeps the float function (exact Min in float) but every bound sits at or above the
+    int8 range profiled on the same images, so the writer drops every Min and all layers fuse."""
+    folded_model, folded, _ = fold_batch_norms(mobile_block_model())
+    images = _images(8, 3)
+    ranges = profile_channel_ranges(folded_model, link_tensors(folded_model), images, 4)
+    stats = {f.layer: f for f in folded}
+    exact = equalize(folded_model, stats, channel_ranges=ranges).model
+    fused = equalize(folded_model, stats, relu6="fused", channel_ranges=ranges).model
+    for model, mins in ((exact, 2), (fused, 0)):
+        plan = plan_quantization(model)
+        assert len(plan.integer_min) == 2  # the float model keeps its per-channel Min either way
+        qmodel, _ = write_qdq_model(model, plan, _encodings(model, plan.activations), per_channel=False)
+        assert sum(n.op_type == "Min" for n in qmodel.graph.node) == mins
