@@ -63,7 +63,9 @@ class ModelConfig:
 class PreprocessConfig:
     color: Literal["rgb", "bgr"] = "rgb"
     resize_shorter: int = 256
-    interpolation: Literal["bilinear", "area", "bicubic"] = "bilinear"
+    # OpenCV's bilinear (no antialiasing), area or bicubic; pillow-bilinear: Pillow's antialiased bilinear, as
+    # torchvision's Resize (MobileNetV2's reference top-1 needs it: 83.9 % on the samples against 83.4 % with OpenCV's).
+    interpolation: Literal["bilinear", "area", "bicubic", "pillow-bilinear"] = "bilinear"
     crop: int = 224
     scale: float = 1.0 / 255.0
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)

@@ -1,5 +1,6 @@
 """ImageNet in MLPerf's layout: a folder of images, ``val_map.txt`` labels, calibration lists,
-OpenCV preprocessing per workload, and a preprocessed-tensor cache keyed by a hash of the settings.
+preprocessing per workload (OpenCV decoding and resizing, or Pillow's antialiased resize, which is what
+torchvision's reference transforms use), and a preprocessed-tensor cache keyed by a hash of the settings.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from calibration.errors import DataError
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 SAMPLE_NAME = re.compile(r"^(n\d{8})_.+$")
 INTERPOLATIONS = {"bilinear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "bicubic": cv2.INTER_CUBIC}
+PILLOW_INTERPOLATIONS = {"pillow-bilinear": Image.Resampling.BILINEAR}
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,10 @@ def preprocess_image(path: Path, cfg: PreprocessConfig) -> np.ndarray:
         new_w, new_h = cfg.resize_shorter, int(cfg.resize_shorter * height / width)
     else:
         new_w, new_h = int(cfg.resize_shorter * width / height), cfg.resize_shorter
-    image = cv2.resize(image, (new_w, new_h), interpolation=INTERPOLATIONS[cfg.interpolation])
+    if cfg.interpolation in PILLOW_INTERPOLATIONS:  # antialiased when shrinking, like torchvision's Resize
+        image = np.asarray(Image.fromarray(image).resize((new_w, new_h), PILLOW_INTERPOLATIONS[cfg.interpolation]))
+    else:
+        image = cv2.resize(image, (new_w, new_h), interpolation=INTERPOLATIONS[cfg.interpolation])
     top, left = (new_h - cfg.crop) // 2, (new_w - cfg.crop) // 2
     image = image[top : top + cfg.crop, left : left + cfg.crop].astype(np.float32)
     image = (image * np.float32(cfg.scale) - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)

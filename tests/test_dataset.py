@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -62,6 +63,18 @@ def test_val_map_and_preprocessing(tiny_dataset: Path) -> None:
                               std=(1.0, 1.0, 1.0))
     y = preprocess_image(tiny_dataset / names[0], mlperf)
     assert y.min() >= -124 and y.max() <= 152
+
+
+def test_pillow_bilinear_antialiases_where_opencv_bilinear_aliases(tmp_path: Path) -> None:
+    """A one-pixel checkerboard shrunk to 256: Pillow's resize (torchvision's) averages it to flat grey,
+    OpenCV's bilinear samples it and keeps a strong pattern."""
+    board = (np.indices((400, 520)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    path = tmp_path / "board.png"
+    cv2.imwrite(str(path), np.repeat(board[:, :, None], 3, axis=2))
+    spread = {interp: preprocess_image(path, PreprocessConfig(interpolation=interp, mean=(0.0,) * 3,
+                                                              std=(1.0,) * 3)).std()
+              for interp in ("bilinear", "pillow-bilinear")}
+    assert spread["pillow-bilinear"] < 0.05 < spread["bilinear"]
 
 
 def test_preprocessed_cache_is_reused_and_keyed_by_settings(tiny_dataset: Path, tmp_path: Path) -> None:
