@@ -30,10 +30,12 @@ def test_auto_never_reads_labels_and_keeps_the_best(monkeypatch: pytest.MonkeyPa
     result = search_techniques(model, StepContext(config_with("auto"), data, False))
 
     labels = [s.label for s in result.scores]
-    assert labels[:5] == ["none", "CLE", "CLE+BA", "CLE(act-aware)+BA", "ReLU6→ReLU+CLE+BA"]
-    stage_one = max(result.scores[:5], key=lambda s: s.key)
+    assert labels[:6] == ["none", "CLE", "CLE+BA", "CLE(act-aware)+BA", "CLE(act-aware,fused)", "ReLU6→ReLU+CLE+BA"]
+    stage_one = max(result.scores[:6], key=lambda s: s.key)
     assert f"{stage_one.label}+BC(empirical)" in labels and f"{stage_one.label}+BC(analytical)" in labels
-    assert f"{stage_one.label}+GPTQ" in labels and f"{stage_one.label}+GPTQ(act-order)" in labels
+    for stem in (stage_one.label, "CLE(act-aware,fused)"):
+        assert f"{stem}+GPTQ" in labels and f"{stem}+GPTQ(act-order)" in labels
+    assert len(labels) == len(set(labels))
     assert result.best.key == max(s.key for s in result.scores)
     # the kept state is the winner's: re-quantizing it reproduces the recorded score
     reference = run_batches(make_session(model, optimize=True), data)
