@@ -13,6 +13,8 @@
   too, but lowers the scales where needed so that every channel's bound c/s_i stays at or above
   the largest value the tensor takes on the calibration images: the int8 clamp then cuts at or
   below every bound, so the int8 model needs no per-channel Min and every layer stays fused.
+  High-bias absorption afterwards lowers some bounds by what it absorbs; where a bound then falls
+  below the int8 range, the writer keeps that tensor's Min (still exact).
 - High-bias absorption moves max(0, β − 3|γ|) of each channel (all of β with no activation)
   from a layer's bias into the next layer's bias, using the BN statistics kept by BN folding.
 """
