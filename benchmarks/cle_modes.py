@@ -3,10 +3,13 @@ int8 (per-tensor or per-channel) top-1 and agreement with float per technique co
 whether ORT fuses every convolution, and throughput (batch 32): all models are timed round-robin
 in one process, median over rounds, so that load from other processes hits every model alike.
 The exact-ReLU6 model is also timed with its Min left in float between DQ and Q (the layout ORT's
-quantizer writes), to show what the uint8 Min saves.
+quantizer writes), to show what the uint8 Min saves; the fused modes need no Min at all.
 
     IMAGENET_SAMPLES_DIR=../shared/data/imagenet-samples .venv/bin/python -m benchmarks.cle_modes \
-        --workload mobilenetv2 --weights per-tensor
+        --workload mobilenetv2 --weights per-tensor --speed-rounds 15
+
+Prints a table and writes results/benchmarks/cle_modes.json (staged, then renamed), replacing the
+rows of the same workload and weights and keeping the others.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pandas as pd
 
 from calibration.evaluate import accuracy, top1_agreement
+from calibration.files import write_json
 from calibration.graph import make_session, run_batches
 from calibration.model_source import import_float_model
 from calibration.pipeline import PipelineState, StepContext, load_workload_data, quantize, run_steps
@@ -42,7 +47,10 @@ COMBINATIONS = {
     "relu6_to_relu+cle+hba": "fold_bn,relu6_to_relu,cle,high_bias_absorption,profile",
     "cle activation_aware": "fold_bn,cle:activation_aware,profile",
     "cle activation_aware+hba": "fold_bn,cle:activation_aware,high_bias_absorption,profile",
+    "cle fused": "fold_bn,cle:fused,profile",
+    "cle activation_aware_fused": "fold_bn,cle:activation_aware_fused,profile",
 }
+OUTPUT = ROOT / "results" / "benchmarks" / "cle_modes.json"
 
 
 def throughputs(models: dict[str, onnx.ModelProto], images: np.ndarray, rounds: int) -> dict[str, float]:
@@ -101,6 +109,7 @@ def main() -> None:
     float_logits = run_batches(make_session(float_model, optimize=True), evaluation)
     float_top1 = accuracy(float_logits, labels, offset).top1
     timed: dict[str, onnx.ModelProto] = {"float": float_model}
+    rows: list[dict] = []
     chosen = [c for c in args.only.split(",") if c] or list(COMBINATIONS)
     for name in chosen:
         steps = tuple(parse_technique(t, "combination") for t in COMBINATIONS[name].split(","))
@@ -112,8 +121,9 @@ def main() -> None:
         transformed = run_batches(make_session(state.model, optimize=True), evaluation)
         int8_logits = run_batches(make_session(int8_model, optimize=True), evaluation)
         ops = fused_ops(int8_model)
-        row = {
-            "float_top1_after_steps": accuracy(transformed, labels, offset).top1,
+        rows.append({
+            "workload": args.workload, "weights": args.weights, "combination": name,
+            "float_top1": float_top1,
             "float_top1_change": accuracy(transformed, labels, offset).top1 - float_top1,
             "int8_top1": accuracy(int8_logits, labels, offset).top1,
             "agreement": top1_agreement(float_logits, int8_logits),
@@ -123,16 +133,26 @@ def main() -> None:
                              if not any(i.endswith(".input_quantized") for i in n.input)),
             "uint8_min": sum(n.op_type == "Min" and any(i.endswith(".input_quantized") for i in n.input)
                              for n in int8_model.graph.node),
-        }
+        })
         timed[name] = int8_model
         if state.plan is not None and state.plan.integer_min:
             timed[f"{name} (float Min layout)"] = float_min_layout(state, args.weights == "per-channel")
-        print(json.dumps({"workload": args.workload, "weights": args.weights, "combination": name, **row}),
-              flush=True)
-    print(json.dumps({"workload": args.workload, "float_top1": float_top1}), flush=True)
+        print(f"{name}: agreement {rows[-1]['agreement']:.3f}", flush=True)
     if args.speed_rounds:
         speeds = throughputs(timed, evaluation, args.speed_rounds)
-        print(json.dumps({"workload": args.workload, "img_per_s_batch32": speeds}), flush=True)
+        for row in rows:
+            row["img_per_s"] = speeds[row["combination"]]
+            row["img_per_s_float_min_layout"] = speeds.get(f"{row['combination']} (float Min layout)")
+            row["speed_vs_plain"] = speeds[row["combination"]] / speeds["plain"] if "plain" in speeds else None
+            row["float_img_per_s"] = speeds["float"]
+    print(pd.DataFrame(rows).drop(columns=["workload", "weights"]).to_string(index=False))
+    kept = []
+    if OUTPUT.is_file():
+        kept = [r for r in json.loads(OUTPUT.read_text()).get("rows", [])
+                if (r.get("workload"), r.get("weights")) != (args.workload, args.weights)]
+    write_json(OUTPUT, {"note": "benchmarks/cle_modes.py on the 1000 shared images (calibrated on the 500 "
+                                "even-position ones); throughput: batch 32, round-robin medians in one process",
+                        "rows": kept + rows})
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 
 One table per model (MobileNetV2, EfficientNet-Lite0) on the 1000 sample images, calibrated on the 500
 even-position images. Rows: none, CLE, CLE+BA, CLE+BA+BC (empirical), CLE+BA+BC (analytical), GPTQ (with the
-workload's range method, in act-order and with percentile), CLE+BA+GPTQ and auto, per-tensor and per-channel,
+workload's range method, in act-order and with percentile), CLE+BA+GPTQ, the fused and activation-aware CLE
+variants (with BA+BC, or with GPTQ in both column orders) and auto, per-tensor and per-channel,
 then the peers measured in the same run: ONNX Runtime ``quantize_static`` (MinMax), NNCF 3.4.0 (fast and full bias
 correction; per-channel, its default), AIMET-ONNX 2.42.0 (CLE + QuantSim; per-tensor, its default). Every
 quantizer runs as a child process (``benchmarks/peers/run_peer.py``), ours through this file's ``quantize``
@@ -65,6 +66,13 @@ ROWS: dict[str, str] = {
     "GPTQ(act-order)": "fold_bn,profile,gptq:act_order",
     "GPTQ(percentile)": "fold_bn,profile,gptq",
     "CLE+BA+GPTQ": "fold_bn,cle,high_bias_absorption,profile,gptq",
+    "CLE(fused)+BA+BC(emp)": "fold_bn,cle:fused,high_bias_absorption,profile,bias_correction:empirical",
+    "CLE(aware)+BA+BC(emp)": "fold_bn,cle:activation_aware,high_bias_absorption,profile,bias_correction:empirical",
+    "CLE(aware,fused)+BA+BC(emp)": ("fold_bn,cle:activation_aware_fused,high_bias_absorption,profile,"
+                                    "bias_correction:empirical"),
+    "CLE(fused)+GPTQ": "fold_bn,cle:fused,profile,gptq",
+    "CLE(aware,fused)+GPTQ": "fold_bn,cle:activation_aware_fused,profile,gptq",
+    "CLE(aware,fused)+GPTQ(act-order)": "fold_bn,cle:activation_aware_fused,profile,gptq:act_order",
     "auto": "auto",
 }
 # Rows that change the workload's activation range method (the others use the YAML's, mean_minmax).
