@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,8 @@ def test_unknown_key(tmp_path: Path) -> None:
 
 
 def test_unknown_technique(tmp_path: Path) -> None:
-    text = BASE.replace("techniques: [fold_bn, profile, gptq]", "techniques: [fold_bn, magic, profile]")
+    text = re.sub(r"techniques: \[.*\]", "techniques: [fold_bn, magic, profile]", BASE)
+    assert text != BASE
     with pytest.raises(WorkloadError, match=r"techniques\[1\]: unknown technique 'magic'"):
         load_workload(_write(tmp_path, text))
 

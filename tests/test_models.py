@@ -1,9 +1,9 @@
 """Imported float models give the published predictions on the 1000 shared images.
 
-Floors measured on this preprocessing (OpenCV bilinear resize): MobileNetV2 83.4 % top-1
-(published torchvision figure on ImageNet val: 71.9 %; these images run higher), EfficientNet-Lite0
-88.2 %. Bit-level equality with torch was checked once outside the tests with
-benchmarks/check_torch_equivalence.py.
+Floors measured on each workload's preprocessing: MobileNetV2 83.9 % top-1 with torchvision's
+antialiased resize (83.4 % with OpenCV's bilinear, which aliases; published torchvision figure on
+ImageNet val: 71.9 %, these images run higher), EfficientNet-Lite0 88.2 % (OpenCV bilinear).
+Bit-level equality with torch was checked once outside the tests with benchmarks/check_torch_equivalence.py.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from calibration.pipeline import load_workload_data
 from harness.config import load_workload
 
 ROOT = Path(__file__).resolve().parents[1]
-FLOORS = {"mobilenetv2": (0.830, 0.955), "efficientnet-lite0": (0.878, 0.965)}
+FLOORS = {"mobilenetv2": (0.836, 0.955), "efficientnet-lite0": (0.878, 0.965)}
 
 
 @pytest.mark.parametrize("name", sorted(FLOORS))
