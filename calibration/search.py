@@ -6,7 +6,7 @@ then logit SQNR as the tie-break. The search is staged to keep it affordable: fi
 combinations without bias correction (none, CLE, CLE+BA, activation-aware CLE+BA, activation-aware CLE
 with ReLU6 fused, ReLU6→ReLU + CLE+BA), then bias correction (empirical and analytical) and GPTQ weight
 rounding (both column orders) on the best of those, GPTQ on the fused activation-aware CLE (the best
-combination on three of the four model and weight settings measured), and empirical bias correction and
+combination, or tied for best, on all four model and weight settings measured), and empirical bias correction and
 GPTQ on the plain pipeline. A candidate that cannot apply is recorded with its error.
 
 Bias correction and GPTQ fit the same calibration images they are scored on, so the score of such a
