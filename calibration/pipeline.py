@@ -94,7 +94,8 @@ def step_bias_correction(state: PipelineState, ctx: StepContext, option: str | N
         raise CalibrationError("'bias_correction' needs activation encodings: put it after 'profile'")
     # The simulated int8 model quantizes weights only: on MobileNetV2 per-tensor, simulating the activation
     # QDQ as well gave 92.8 % agreement against 93.9 % (1000 images), see calibration/bias_correction.py;
-    # per-channel 93.1 % against 96.3 % (after gptq: 93.2 % against 96.9 %). There, every layer's mean error
+    # per-channel 93.1 % against 96.3 % (after gptq: 93.2 % against 96.9 %; both on the earlier OpenCV-resize
+    # preprocessing). There, every layer's mean error
     # on the check images falls, yet the RMS error of the outputs doubles from block 17 on; cause not found.
     result = correct_biases(state.model, ctx.calibration_images, ctx.config.calibration.weights == "per-channel",
                             option or "empirical", state.folded)

@@ -119,13 +119,14 @@ def search_techniques(float_model: onnx.ModelProto, ctx: StepContext) -> SearchR
         if state is not None:
             states[label] = state
 
-    for label, techniques in first_stage_candidates().items():
+    first_stage = first_stage_candidates()
+    for label, techniques in first_stage.items():
         attempt(label, techniques)
     base = max(scores, key=lambda s: s.key)
     stem = base.techniques[:-1]  # everything before profile
     for option in ("empirical", "analytical"):
         attempt(f"{base.label}+BC({option})", stem + PROFILE + (TechniqueStep("bias_correction", option),))
-    gptq_stems = {base.label: stem, FUSED_AWARE: first_stage_candidates()[FUSED_AWARE][:-1]}
+    gptq_stems = {base.label: stem, FUSED_AWARE: first_stage[FUSED_AWARE][:-1]}
     for label, steps in gptq_stems.items():
         for option, suffix in GPTQ_ORDERS:
             attempt(f"{label}+GPTQ{suffix}", steps + PROFILE + (TechniqueStep("gptq", option),))
