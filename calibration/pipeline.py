@@ -97,6 +97,9 @@ def step_bias_correction(state: PipelineState, ctx: StepContext, option: str | N
     # per-channel 93.1 % against 96.3 % (after gptq: 93.2 % against 96.9 %; both on the earlier OpenCV-resize
     # preprocessing). There, every layer's mean error
     # on the check images falls, yet the RMS error of the outputs doubles from block 17 on; cause not found.
+    # Later, after fused activation-aware CLE + gptq (97.3 %): 95.6 %, and 95.8 % when each channel's mean is
+    # taken only where the float output lies inside the output encoding's range (where a bias shift acts
+    # linearly). With the plain mean, the output SQNR on the 128 fit images themselves fell from 24 to 13 dB.
     result = correct_biases(state.model, ctx.calibration_images, ctx.config.calibration.weights == "per-channel",
                             option or "empirical", state.folded)
     state.model = result.model
