@@ -114,6 +114,7 @@ def search_techniques(float_model: onnx.ModelProto, ctx: StepContext) -> SearchR
     states: dict[str, PipelineState] = {}
 
     def attempt(label: str, techniques: tuple[TechniqueStep, ...]) -> None:
+        log.info("auto: candidate %d, %s: %s", len(scores) + 1, label, ",".join(str(t) for t in techniques))
         score, state = _score(label, techniques, float_model, ctx, reference)
         scores.append(score)
         if state is not None:
