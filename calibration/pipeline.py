@@ -100,8 +100,9 @@ def step_bias_correction(state: PipelineState, ctx: StepContext, option: str | N
     # Later, after fused activation-aware CLE + gptq (97.3 %): 95.6 %, and 95.8 % when each channel's mean is
     # taken only where the float output lies inside the output encoding's range (where a bias shift acts
     # linearly). With the plain mean, the output SQNR on the 128 fit images themselves fell from 24 to 13 dB.
-    # Corrected one at a time, layers in blocks 1-13 each raise that SQNR by up to 0.27 dB and those in blocks
-    # 14-17 lower it by 1-12 dB (features.17.conv.0.0, behind the most clipped residual sum: -12 dB). Keeping a
+    # Corrected one at a time, layers in blocks 0-13 move that SQNR by -0.14 to +0.24 dB, while every layer from
+    # features.14.conv.1.0 to features.17.conv.0.0 lowers it, by 1.1-12 dB (the most: features.17.conv.0.0,
+    # which reads the most clipped residual sum, and features.16.conv.2, which writes it). Keeping a
     # correction only where it raised the fit images' SQNR (13 of 53 layers, 24.0 -> 24.8 dB, 205 s) gave
     # 97.1 % (held-out half 97.8 %) against 97.3 % (97.4 %): no clear gain, so it was not kept.
     result = correct_biases(state.model, ctx.calibration_images, ctx.config.calibration.weights == "per-channel",
