@@ -408,15 +408,19 @@ def _plain_scales(ws: _Workspace, cle_set: CleSet) -> list[np.ndarray]:
     return list(triplet_scales(r_first, output_channel_ranges(layers[1].weight), r_last))
 
 
+def _link_ranges(channel_ranges: dict[str, ChannelRanges], tensor: str) -> ChannelRanges:
+    if tensor not in channel_ranges:
+        raise CalibrationError(f"CLE: no per-channel statistics for '{tensor}'")
+    return channel_ranges[tensor]
+
+
 def _aware_scales(ws: _Workspace, cle_set: CleSet, channel_ranges: dict[str, ChannelRanges]) -> list[np.ndarray]:
     layers = [ws.layers[n] for n in cle_set.layers]
     k = len(cle_set.links)
     unit = np.eye(k, dtype=int)
     terms = [(output_channel_ranges(layers[0].weight), tuple(-unit[0]))]
     for j, link in enumerate(cle_set.links):
-        if link.tensor not in channel_ranges:
-            raise CalibrationError(f"CLE: no per-channel statistics for '{link.tensor}'")
-        terms.append((channel_ranges[link.tensor].mean_max, tuple(-unit[j])))
+        terms.append((_link_ranges(channel_ranges, link.tensor).mean_max, tuple(-unit[j])))
         if j + 1 < k:  # a depthwise middle layer: input scaled by s_j, output by 1/s_(j+1)
             terms.append((output_channel_ranges(layers[j + 1].weight), tuple(unit[j] - unit[j + 1])))
     terms.append((input_channel_ranges(layers[-1].weight, layers[-1].depthwise), tuple(unit[k - 1])))
@@ -458,9 +462,8 @@ def equalize(model: onnx.ModelProto, folded: dict[str, FoldedBN], relu6: Relu6Mo
             scales = _aware_scales(ws, cle_set, ranges) if activation_aware else _plain_scales(ws, cle_set)
             for j, link in enumerate(cle_set.links):
                 if relu6 == "fused" and link.tensor in ws.bounds:
-                    if link.tensor not in ranges:
-                        raise CalibrationError(f"CLE: no per-channel statistics for '{link.tensor}'")
-                    scales[j] = fusable_scales(scales[j], ws.bounds[link.tensor], ranges[link.tensor].maximum)
+                    maxima = _link_ranges(ranges, link.tensor).maximum
+                    scales[j] = fusable_scales(scales[j], ws.bounds[link.tensor], maxima)
                 ws.scale_link(cle_set.layers[j], cle_set.layers[j + 1], link, scales[j])
                 largest_step = max(largest_step, float(np.abs(np.log(scales[j])).max(initial=0.0)))
                 if link.tensor in ranges:

@@ -92,19 +92,8 @@ def step_profile(state: PipelineState, ctx: StepContext, _option: str | None) ->
 def step_bias_correction(state: PipelineState, ctx: StepContext, option: str | None) -> None:
     if state.plan is None:
         raise CalibrationError("'bias_correction' needs activation encodings: put it after 'profile'")
-    # The simulated int8 model quantizes weights only: on MobileNetV2 per-tensor, simulating the activation
-    # QDQ as well gave 92.8 % agreement against 93.9 % (1000 images), see calibration/bias_correction.py;
-    # per-channel 93.1 % against 96.3 % (after gptq: 93.2 % against 96.9 %; both on the earlier OpenCV-resize
-    # preprocessing). There, every layer's mean error
-    # on the check images falls, yet the RMS error of the outputs doubles from block 17 on; cause not found.
-    # Later, after fused activation-aware CLE + gptq (97.3 %): 95.6 %, and 95.8 % when each channel's mean is
-    # taken only where the float output lies inside the output encoding's range (where a bias shift acts
-    # linearly). With the plain mean, the output SQNR on the 128 fit images themselves fell from 24 to 13 dB.
-    # Corrected one at a time, layers in blocks 0-13 move that SQNR by -0.14 to +0.24 dB, while every layer from
-    # features.14.conv.1.0 to features.17.conv.0.0 lowers it, by 1.1-12 dB (the most: features.17.conv.0.0,
-    # which reads the most clipped residual sum, and features.16.conv.2, which writes it). Keeping a
-    # correction only where it raised the fit images' SQNR (13 of 53 layers, 24.0 -> 24.8 dB, 205 s) gave
-    # 97.1 % (held-out half 97.8 %) against 97.3 % (97.4 %): no clear gain, so it was not kept.
+    # The simulated int8 model quantizes weights only; simulating the activation QDQ as well was measured
+    # and dropped (see the module docstring of calibration/bias_correction.py).
     result = correct_biases(state.model, ctx.calibration_images, ctx.config.calibration.weights == "per-channel",
                             option or "empirical", state.folded)
     state.model = result.model
