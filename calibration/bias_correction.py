@@ -1,7 +1,7 @@
 """Bias correction: remove the mean output shift that int8 weights (and activations) cause.
 
-Empirical: go layer by layer in graph order. The simulated int8 model (by default the QDQ model
-itself, written from the current encodings; optionally weights only) runs segment by segment on a
+Empirical: go layer by layer in graph order. The simulated int8 model (by default the float model
+with int8 weights; given ``plan``/``activations``, the QDQ model itself) runs segment by segment on a
 subset of the calibration images, so each layer sees the corrections of all the layers before it.
 A layer's per-output-channel mean of (y_int8 − y_float) is subtracted from its bias, and from its
 output held in memory before the next segment runs. Correcting every layer from one pass instead
@@ -44,6 +44,7 @@ from typing import Literal
 
 import numpy as np
 import onnx
+from tqdm import tqdm
 
 from calibration.encodings import Encoding
 from calibration.errors import CalibrationError
@@ -315,7 +316,7 @@ def _simulated_model(model: onnx.ModelProto, weights: dict[str, tuple[Encoding, 
 def correct_biases(model: onnx.ModelProto, images: np.ndarray, per_channel: bool, method: Method,
                    folded: dict[str, FoldedBN], plan: QuantPlan | None = None,
                    activations: dict[str, Encoding] | None = None, fit_images: int = 256,
-                   check_images: int = 64) -> BiasCorrection:
+                   check_images: int = 64, show_progress: bool = True) -> BiasCorrection:
     """A copy of ``model`` with corrected biases, and each layer's measured shift.
 
     ``plan``/``activations`` given: the simulated int8 model quantizes activations too (the QDQ
@@ -344,7 +345,7 @@ def correct_biases(model: onnx.ModelProto, images: np.ndarray, per_channel: bool
     sim = _simulated_model(corrected, weights, plan, activations or {}, per_channel)
     runner = SegmentRunner(sim, layers, subset)
     shifts = [LayerShift(name, "skipped: no bias", 0.0, 0.0, 0.0, 0.0) for name in without_bias]
-    for name in layers:
+    for name in tqdm(layers, desc=f"bias correction ({method})", unit="layer", disable=not show_progress):
         node = nodes[name]
         output = runner.advance()
         float_out = node.output[0]

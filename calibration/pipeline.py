@@ -95,7 +95,7 @@ def step_bias_correction(state: PipelineState, ctx: StepContext, option: str | N
     # The simulated int8 model quantizes weights only; simulating the activation QDQ as well was measured
     # and dropped (see the module docstring of calibration/bias_correction.py).
     result = correct_biases(state.model, ctx.calibration_images, ctx.config.calibration.weights == "per-channel",
-                            option or "empirical", state.folded)
+                            option or "empirical", state.folded, show_progress=ctx.show_progress)
     state.model = result.model
     state.report["bias_correction"] = {"method": option or "empirical", **result.report()}
 

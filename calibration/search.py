@@ -93,7 +93,7 @@ def _score(label: str, techniques: tuple[TechniqueStep, ...], float_model: onnx.
                                                                              techniques=techniques))
     start = time.perf_counter()
     try:
-        state = run_steps(float_model, StepContext(config, ctx.calibration_images, False))
+        state = run_steps(float_model, StepContext(config, ctx.calibration_images, ctx.show_progress))
         int8_model, _ = quantize(state, config.calibration.weights == "per-channel")
     except CalibrationError as err:
         log.warning("auto: %s cannot run: %s", label, err)
