@@ -19,7 +19,7 @@ export MLPERF_CALIBRATION_DIR
 OVERRIDES := $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(RANGE),--range $(RANGE)) \
              $(if $(TECHNIQUES),--techniques $(TECHNIQUES))
 
-.PHONY: venv data calibrate run results submission check-submission test lint bench-calibration bench-techniques bench-harness
+.PHONY: venv data calibrate run results submission check-submission test lint bench-calibration bench-techniques bench-harness bench-noise-budget
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -61,3 +61,6 @@ bench-techniques: $(STAMP)
 
 bench-harness: $(STAMP)
 	$(PY) benchmarks/harness_overhead.py
+
+bench-noise-budget: $(STAMP)
+	$(PY) -m benchmarks.noise_budget --workload $(WORKLOAD) --weights $(or $(WEIGHTS),per-channel)

@@ -50,7 +50,7 @@ from calibration.encodings import Encoding
 from calibration.errors import CalibrationError
 from calibration.fold import FoldedBN
 from calibration.graph import GraphIndex, conv_group, make_session, segment_model, with_outputs
-from calibration.qdq import QuantPlan, clip_bounds, quantized_weights, weight_axis, write_qdq_model
+from calibration.qdq import QuantPlan, clip_bounds, quantized_weights, weight_axis, with_int8_weights, write_qdq_model
 
 log = logging.getLogger(__name__)
 
@@ -303,14 +303,7 @@ def _simulated_model(model: onnx.ModelProto, weights: dict[str, tuple[Encoding, 
     """The int8 QDQ model itself when activations are simulated, else the float model with int8 weights."""
     if plan is not None:
         return write_qdq_model(model, plan, activations, per_channel)[0]
-    sim = onnx.ModelProto()
-    sim.CopyFrom(model)
-    index = GraphIndex.build(sim)
-    for node in sim.graph.node:
-        if node.name in weights:
-            encoding, q = weights[node.name]
-            index.set_constant(node.input[1], encoding.dequantize(q))
-    return sim
+    return with_int8_weights(model, weights)
 
 
 def correct_biases(model: onnx.ModelProto, images: np.ndarray, per_channel: bool, method: Method,

@@ -254,6 +254,19 @@ def write_qdq_model(model: onnx.ModelProto, plan: QuantPlan, activations: dict[s
     return qmodel, params
 
 
+def with_int8_weights(model: onnx.ModelProto, weights: dict[str, tuple[Encoding, np.ndarray]]) -> onnx.ModelProto:
+    """A copy of the float ``model`` whose weighted layers use the dequantized int8 ``weights`` (from
+    ``quantized_weights``); activations stay float."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    index = GraphIndex.build(copy)
+    for node in copy.graph.node:
+        if node.name in weights:
+            encoding, q = weights[node.name]
+            index.set_constant(node.input[1], encoding.dequantize(q))
+    return copy
+
+
 def with_activation_qdq(model: onnx.ModelProto, activations: dict[str, Encoding]) -> onnx.ModelProto:
     """A copy of the float ``model`` with a QuantizeLinear→DequantizeLinear pair on every encoded tensor:
     the activations the int8 model will see, with float weights."""
