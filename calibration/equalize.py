@@ -17,6 +17,11 @@
   below the int8 range, the writer keeps that tensor's Min (still exact).
 - High-bias absorption moves max(0, β − 3|γ|) of each channel (all of β with no activation)
   from a layer's bias into the next layer's bias, using the BN statistics kept by BN folding.
+
+Tried and dropped: fitting the activation-aware scales to a blend of each channel's mean-of-image-max
+and its largest value, mean_max^(1−a)·max^a, so that channels with rare large activations count more.
+MobileNetV2 per-channel with the default list (fused activation-aware CLE, then GPTQ; 1000 images):
+a = 0, 0.25, 0.5, 1 gave 97.3, 97.3, 97.1 and 96.7 % agreement at 22.8, 22.9, 23.2 and 23.3 dB.
 """
 
 from __future__ import annotations
