@@ -14,6 +14,10 @@ quantized the output SQNR rose only from 22.8 to 23.6 dB, and agreement from 97.
 half 97.4 to 97.2 %; MobileNetV2 per-channel after fused activation-aware CLE, torchvision
 preprocessing). Scaling every mean_minmax range alike gave 95.9, 97.3, 97.0 and 96.4 % for 0.9, 1,
 1.15 and 1.3×.
+
+Why mean_minmax is the workloads' default: with MobileNetV2's default list (fused activation-aware CLE,
+then GPTQ, per-channel weights; 1000 images), mean_minmax gave 97.3 % agreement at 22.8 dB, percentile
+97.0 % at 20.5 dB, mse 96.6 % at 19.2 dB, entropy 95.4 % at 17.8 dB and minmax 94.6 % at 15.1 dB.
 """
 
 from __future__ import annotations
