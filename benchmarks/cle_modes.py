@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -27,13 +28,13 @@ import onnx
 import onnxruntime as ort
 import pandas as pd
 
+from benchmarks.common import load_workload_inputs, merged_rows, run_main
 from calibration.evaluate import accuracy, top1_agreement
 from calibration.files import write_json
 from calibration.graph import make_session, run_batches
-from calibration.model_source import import_float_model
-from calibration.pipeline import PipelineState, StepContext, load_workload_data, quantize, run_steps
+from calibration.pipeline import PipelineState, StepContext, quantize, run_steps
 from calibration.qdq import write_qdq_model
-from harness.config import load_workload, parse_technique
+from harness.config import parse_technique
 
 ROOT = Path(__file__).resolve().parents[1]
 COMBINATIONS = {
@@ -102,9 +103,9 @@ def main() -> None:
     parser.add_argument("--speed-rounds", type=int, default=0, help="0: no throughput measurement")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    config = load_workload(ROOT / "workloads" / f"{args.workload}.yaml")
-    float_model = import_float_model(config.model, ROOT / "build" / "wheels", ROOT)
-    dataset, calibration, evaluation = load_workload_data(config, ROOT, show_progress=False)
+    data = load_workload_inputs(ROOT, args.workload)
+    config, float_model, dataset, calibration, evaluation = (data.config, data.float_model, data.dataset,
+                                                             data.calibration, data.evaluation)
     labels, offset = dataset.labels, config.model.label_offset
     float_logits = run_batches(make_session(float_model, optimize=True), evaluation)
     float_top1 = accuracy(float_logits, labels, offset).top1
@@ -146,14 +147,11 @@ def main() -> None:
             row["speed_vs_plain"] = speeds[row["combination"]] / speeds["plain"] if "plain" in speeds else None
             row["float_img_per_s"] = speeds["float"]
     print(pd.DataFrame(rows).drop(columns=["workload", "weights"]).to_string(index=False))
-    kept = []
-    if OUTPUT.is_file():
-        kept = [r for r in json.loads(OUTPUT.read_text()).get("rows", [])
-                if (r.get("workload"), r.get("weights")) != (args.workload, args.weights)]
+    previous = json.loads(OUTPUT.read_text()).get("rows", []) if OUTPUT.is_file() else []
     write_json(OUTPUT, {"note": "benchmarks/cle_modes.py on the 1000 shared images (calibrated on the 500 "
                                 "even-position ones); throughput: batch 32, round-robin medians in one process",
-                        "rows": kept + rows})
+                        "rows": merged_rows(previous, rows, args.workload, args.weights)})
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -1,13 +1,17 @@
-"""What the accuracy benchmarks share: a workload's float model and images laid out for the peers, and the
-fidelity figures of a model's logits."""
+"""What the accuracy benchmarks share: a workload's float model and images (in memory, or laid out for the
+peers), the fidelity figures of a model's logits, and the merge of a run's rows into a results file."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 
+from calibration.errors import HarnessError
 from calibration.evaluate import accuracy, sqnr_db, top1_agreement
 from calibration.files import save_array
 from calibration.graph import save_model
@@ -15,6 +19,28 @@ from calibration.model_source import import_float_model
 from calibration.pipeline import load_workload_data
 from harness.config import WorkloadConfig, load_workload
 from harness.dataset import Dataset
+
+
+@dataclass(frozen=True)
+class WorkloadData:
+    config: WorkloadConfig
+    float_model: onnx.ModelProto
+    dataset: Dataset
+    calibration: np.ndarray
+    evaluation: np.ndarray
+
+
+def load_workload_inputs(root: Path, name: str) -> WorkloadData:
+    """Workload ``name``'s config, imported float model, and calibration and evaluation tensors."""
+    config = load_workload(root / "workloads" / f"{name}.yaml")
+    float_model = import_float_model(config.model, root / "build" / "wheels", root)
+    dataset, calibration, evaluation = load_workload_data(config, root, show_progress=False)
+    return WorkloadData(config, float_model, dataset, calibration, evaluation)
+
+
+def merged_rows(previous: list[dict], new: list[dict], workload: str, weights: str) -> list[dict]:
+    """``previous`` without the entries of this workload and weight setting, followed by ``new``."""
+    return [r for r in previous if (r.get("workload"), r.get("weights")) != (workload, weights)] + new
 
 
 @dataclass(frozen=True)
@@ -29,13 +55,13 @@ class BenchInputs:
 
 def prepare_inputs(root: Path, name: str, work: Path) -> BenchInputs:
     """Write workload ``name``'s float model and calibration tensors under ``work`` for the tools to read."""
-    config = load_workload(root / "workloads" / f"{name}.yaml")
+    data = load_workload_inputs(root, name)
     work.mkdir(parents=True, exist_ok=True)
     fp32 = work / "model.fp32.onnx"
-    save_model(import_float_model(config.model, root / "build" / "wheels", root), fp32)
-    dataset, calibration, evaluation = load_workload_data(config, root, show_progress=False)
-    save_array(work / "calibration.npy", calibration)
-    return BenchInputs(config, dataset, fp32, work / "calibration.npy", len(calibration), np.asarray(evaluation))
+    save_model(data.float_model, fp32)
+    save_array(work / "calibration.npy", data.calibration)
+    return BenchInputs(data.config, data.dataset, fp32, work / "calibration.npy", len(data.calibration),
+                       np.asarray(data.evaluation))
 
 
 def fidelity(logits: np.ndarray, labels: np.ndarray, label_offset: int,
@@ -47,3 +73,13 @@ def fidelity(logits: np.ndarray, labels: np.ndarray, label_offset: int,
         figures["agreement"] = top1_agreement(float_logits, logits)
         figures["sqnr_db"] = sqnr_db(float_logits, logits)
     return figures
+
+
+def run_main(main: Callable[[], int | None]) -> int:
+    """Run a benchmark's ``main``: a user-fixable problem (unknown workload or technique, missing images, a
+    model that cannot be calibrated) ends as one ``error:`` line and status 2, as in the harness CLI."""
+    try:
+        return main() or 0
+    except HarnessError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -30,19 +30,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from benchmarks.common import load_workload_inputs, merged_rows, run_main
 from calibration.evaluate import sqnr_db, top1_agreement
 from calibration.files import write_json
 from calibration.graph import make_session, run_batches
-from calibration.model_source import import_float_model
-from calibration.pipeline import StepContext, load_workload_data, quantize, run_steps
+from calibration.pipeline import StepContext, quantize, run_steps
 from calibration.qdq import quantized_weights, with_activation_qdq, with_int8_weights
-from harness.config import load_workload, parse_technique
+from harness.config import parse_technique
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "results" / "benchmarks" / "noise_budget.json"
@@ -68,13 +69,12 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.98, help="agreement to find the needed SQNR gain for")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    config = load_workload(ROOT / "workloads" / f"{args.workload}.yaml")
-    steps = (tuple(parse_technique(t, "--techniques") for t in args.techniques.split(",")) if args.techniques
-             else config.calibration.techniques)
-    config = replace(config, calibration=replace(config.calibration, techniques=steps, weights=args.weights))
+    requested = tuple(parse_technique(t, "--techniques") for t in args.techniques.split(",") if t)
+    data = load_workload_inputs(ROOT, args.workload)
+    float_model, calibration, evaluation = data.float_model, data.calibration, data.evaluation
+    steps = requested or data.config.calibration.techniques
+    config = replace(data.config, calibration=replace(data.config.calibration, techniques=steps, weights=args.weights))
     per_channel = args.weights == "per-channel"
-    float_model = import_float_model(config.model, ROOT / "build" / "wheels", ROOT)
-    _, calibration, evaluation = load_workload_data(config, ROOT, show_progress=False)
     reference = run_batches(make_session(float_model, optimize=True), evaluation)
     state = run_steps(float_model, StepContext(config, calibration, show_progress=True))
     int8_logits = run_batches(make_session(quantize(state, per_channel)[0], optimize=True), evaluation)
@@ -99,14 +99,10 @@ def main() -> None:
     summary = {"workload": args.workload, "weights": args.weights, "techniques": [str(s) for s in steps],
                "target": args.target, "needed_sqnr_gain_db": needed}
     previous = json.loads(OUTPUT.read_text()) if OUTPUT.is_file() else {}
-
-    def others(entries: list[dict]) -> list[dict]:
-        return [e for e in entries if (e.get("workload"), e.get("weights")) != (args.workload, args.weights)]
-
     write_json(OUTPUT, {"note": "benchmarks/noise_budget.py on the 1000 shared images (calibrated on the 500 "
                                 "even-position ones); agreement_held_out: the 500 odd-position images",
-                        "summaries": [*others(previous.get("summaries", [])), summary],
-                        "rows": others(previous.get("rows", [])) + rows})
+                        "summaries": merged_rows(previous.get("summaries", []), [summary], args.workload, args.weights),
+                        "rows": merged_rows(previous.get("rows", []), rows, args.workload, args.weights)})
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -45,7 +45,7 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
-from benchmarks.common import fidelity, prepare_inputs
+from benchmarks.common import fidelity, prepare_inputs, run_main
 from benchmarks.peers.run_peer import PeerError, run_measured
 from calibration.files import save_figure, write_json
 from calibration.graph import load_model, make_session, run_batches, save_model
@@ -325,4 +325,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))
