@@ -1,11 +1,11 @@
-"""Bias correction: remove the mean output shift that int8 weights (and activations) cause.
+"""Bias correction: remove the mean output shift that int8 weights cause.
 
-Empirical: go layer by layer in graph order. The simulated int8 model (by default the float model
-with int8 weights; given ``plan``/``activations``, the QDQ model itself) runs segment by segment on a
-subset of the calibration images, so each layer sees the corrections of all the layers before it.
-A layer's per-output-channel mean of (y_int8 − y_float) is subtracted from its bias, and from its
-output held in memory before the next segment runs. Correcting every layer from one pass instead
-overcorrects, because later layers would undo errors that earlier corrections already removed.
+Empirical: go layer by layer in graph order. The simulated int8 model (the float model with its int8
+weights, activations float) runs segment by segment on a subset of the calibration images, so each
+layer sees the corrections of all the layers before it. A layer's per-output-channel mean of
+(y_int8 − y_float) is subtracted from its bias, and from its output held in memory before the next
+segment runs. Correcting every layer from one pass instead overcorrects, because later layers would undo
+errors that earlier corrections already removed.
 
 Analytical: ε = Σ over the kernel window of (W_int8 − W), E[x] from the folded BN of the layer
 that produced the input, taken as N(β, γ²) through its activation (none, ReLU, Clip, or a
@@ -19,20 +19,20 @@ The images are split into two disjoint subsets spread evenly over the list (cali
 often sorted by class): ``fit_images`` fit the shifts, ``check_images`` measure each layer's mean
 error before and after its correction on images the fit did not see.
 
-Tried and dropped: simulating the activation QDQ as well (``plan``/``activations``) in the pipeline's
-step. On MobileNetV2 per-tensor it gave 92.8 % agreement against 93.9 % (1000 images); per-channel
-93.1 % against 96.3 % (after gptq: 93.2 % against 96.9 %; both on the earlier OpenCV-resize
-preprocessing). There, every layer's mean error on the check images falls, yet the RMS error of the
-outputs doubles from block 17 on. Later, after fused activation-aware CLE + gptq (97.3 %): 95.6 %, and
-95.8 % when each channel's mean is taken only where the float output lies inside the output
-encoding's range (where a bias shift acts linearly). With the plain mean, the output SQNR on the 128
-fit images themselves fell from 24 to 13 dB. Corrected one at a time, layers in blocks 0-13 move that
-SQNR by -0.14 to +0.24 dB, while every layer from features.14.conv.1.0 to features.17.conv.0.0 lowers
-it, by 1.1-12 dB (the most: features.17.conv.0.0, which reads the most clipped residual sum, and
-features.16.conv.2, which writes it): there the mean error comes from clipping, which a bias cannot
-undo. Keeping a correction only where it raised the fit images' SQNR (13 of 53 layers, 24.0 -> 24.8 dB,
-205 s) gave 97.1 % (held-out half 97.8 %) against 97.3 % (97.4 %): no clear gain, so it was not kept.
-"""
+Tried and dropped: simulating the activation QDQ as well (an earlier version ran the QDQ model
+itself here; removed once nothing but its tests used it). On MobileNetV2 per-tensor it gave 92.8 %
+agreement against 93.9 % (1000 images); per-channel 93.1 % against 96.3 % (after gptq: 93.2 %
+against 96.9 %; both on the earlier OpenCV-resize preprocessing). There, every layer's mean error on
+the check images falls, yet the RMS error of the outputs doubles from block 17 on. Later, after
+fused activation-aware CLE + gptq (97.3 %): 95.6 %, and 95.8 % when each channel's mean is taken
+only where the float output lies inside the output encoding's range (where a bias shift acts
+linearly). With the plain mean, the output SQNR on the 128 fit images themselves fell from 24 to 13
+dB. Corrected one at a time, layers in blocks 0-13 move that SQNR by -0.14 to +0.24 dB, while every
+layer from features.14.conv.1.0 to features.17.conv.0.0 lowers it, by 1.1-12 dB (the most:
+features.17.conv.0.0, which reads the most clipped residual sum, and features.16.conv.2, which
+writes it): there the mean error comes from clipping, which a bias cannot undo. Keeping a correction
+only where it raised the fit images' SQNR (13 of 53 layers, 24.0 -> 24.8 dB, 205 s) gave 97.1 %
+(held-out half 97.8 %) against 97.3 % (97.4 %): no clear gain, so it was not kept."""
 
 from __future__ import annotations
 
@@ -46,11 +46,10 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from calibration.encodings import Encoding
 from calibration.errors import CalibrationError
 from calibration.fold import FoldedBN
 from calibration.graph import GraphIndex, conv_group, make_session, segment_model, with_outputs
-from calibration.qdq import QuantPlan, clip_bounds, quantized_weights, weight_axis, with_int8_weights, write_qdq_model
+from calibration.qdq import clip_bounds, quantized_weights, weight_axis, with_int8_weights
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +82,11 @@ class BiasCorrection:
     shifts: list[LayerShift]
     fit_images: int
     check_images: int
-    simulated_activations: bool
 
     def report(self) -> dict:
         corrected = [s for s in self.shifts if not s.method.startswith("skipped")]
         return {
             "fit_images": self.fit_images, "check_images": self.check_images,
-            "simulated_activations": self.simulated_activations,
             "corrected_layers": len(corrected),
             "check_error_before_mean": float(np.mean([s.check_error_before for s in corrected])) if corrected else 0.0,
             "check_error_after_mean": float(np.mean([s.check_error_after for s in corrected])) if corrected else 0.0,
@@ -297,23 +294,12 @@ def _bias_name(node: onnx.NodeProto) -> str | None:
     return node.input[2] if len(node.input) > 2 and node.input[2] else None
 
 
-def _simulated_model(model: onnx.ModelProto, weights: dict[str, tuple[Encoding, np.ndarray]],
-                     plan: QuantPlan | None, activations: dict[str, Encoding], per_channel: bool
-                     ) -> onnx.ModelProto:
-    """The int8 QDQ model itself when activations are simulated, else the float model with int8 weights."""
-    if plan is not None:
-        return write_qdq_model(model, plan, activations, per_channel)[0]
-    return with_int8_weights(model, weights)
-
-
 def correct_biases(model: onnx.ModelProto, images: np.ndarray, per_channel: bool, method: Method,
-                   folded: dict[str, FoldedBN], plan: QuantPlan | None = None,
-                   activations: dict[str, Encoding] | None = None, fit_images: int = 256,
-                   check_images: int = 64, show_progress: bool = True) -> BiasCorrection:
+                   folded: dict[str, FoldedBN], fit_images: int = 256, check_images: int = 64,
+                   show_progress: bool = True) -> BiasCorrection:
     """A copy of ``model`` with corrected biases, and each layer's measured shift.
 
-    ``plan``/``activations`` given: the simulated int8 model quantizes activations too (the QDQ
-    model); omitted: weights only. Leaving the final FC uncorrected did not help held-out images here
+    Leaving the final FC uncorrected did not help held-out images here
     (MobileNetV2 per-tensor: 93.6 % against 93.9 % agreement; Lite0: 94.6 % both), so every layer is corrected.
     """
     if method not in ("empirical", "analytical"):
@@ -335,8 +321,7 @@ def correct_biases(model: onnx.ModelProto, images: np.ndarray, per_channel: bool
     reference = float_channel_means(corrected, [nodes[name].output[0] for name in layers], subset[:fit_images])
     reference_check = float_channel_means(corrected, [nodes[name].output[0] for name in layers],
                                           subset[fit_images:]) if check_images else {}
-    sim = _simulated_model(corrected, weights, plan, activations or {}, per_channel)
-    runner = SegmentRunner(sim, layers, subset)
+    runner = SegmentRunner(with_int8_weights(corrected, weights), layers, subset)
     shifts = [LayerShift(name, "skipped: no bias", 0.0, 0.0, 0.0, 0.0) for name in without_bias]
     for name in tqdm(layers, desc=f"bias correction ({method})", unit="layer", disable=not show_progress):
         node = nodes[name]
@@ -362,7 +347,7 @@ def correct_biases(model: onnx.ModelProto, images: np.ndarray, per_channel: bool
         check_after = float(np.mean(np.abs(error_check - shift))) if error_check is not None else float("nan")
         shifts.append(LayerShift(name, used, float(np.mean(np.abs(shift))), float(np.mean(np.abs(error_fit))),
                                  check_before, check_after))
-    result = BiasCorrection(corrected, shifts, fit_images, check_images, plan is not None)
+    result = BiasCorrection(corrected, shifts, fit_images, check_images)
     summary = result.report()
     log.info("bias correction (%s): %d layers, mean |error| on %d check images %.4g -> %.4g", method, len(layers),
              check_images, summary["check_error_before_mean"], summary["check_error_after_mean"])
