@@ -22,6 +22,9 @@ Tried and dropped: fitting the activation-aware scales to a blend of each channe
 and its largest value, mean_max^(1−a)·max^a, so that channels with rare large activations count more.
 MobileNetV2 per-channel with the default list (fused activation-aware CLE, then GPTQ; 1000 images):
 a = 0, 0.25, 0.5, 1 gave 97.3, 97.3, 97.1 and 96.7 % agreement at 22.8, 22.9, 23.2 and 23.3 dB.
+Also dropped, same setting: leaving out the weight terms that per-channel weight quantization does not
+see (the first layer's output ranges and the depthwise layer's), so that the activations flatten further:
+97.3 % at 22.0 dB, and with the last layer's input term left out too, 97.4 % at 22.0 dB.
 """
 
 from __future__ import annotations
