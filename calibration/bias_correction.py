@@ -299,8 +299,8 @@ def correct_biases(model: onnx.ModelProto, images: np.ndarray, per_channel: bool
                    show_progress: bool = True) -> BiasCorrection:
     """A copy of ``model`` with corrected biases, and each layer's measured shift.
 
-    Leaving the final FC uncorrected did not help held-out images here
-    (MobileNetV2 per-tensor: 93.6 % against 93.9 % agreement; Lite0: 94.6 % both), so every layer is corrected.
+    Leaving the final FC uncorrected did not help held-out images here (MobileNetV2 per-tensor:
+    93.6 % against 93.9 % agreement; Lite0: 94.6 % both), so every layer is corrected.
     """
     if method not in ("empirical", "analytical"):
         raise CalibrationError(f"bias_correction: unknown method '{method}' (use empirical or analytical)")
