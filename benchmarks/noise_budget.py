@@ -30,9 +30,9 @@ Also measured that way, against the same QDQ simulation with GPTQ int8 weights (
 - the int8 model's per-class mean logit error, fitted on the calibration half and subtracted: on the
   held-out half 97.4 % at 22.59 dB became 97.2 % at 22.75 dB.
 And no weight-rounding method can add much by itself: the int8 model (22.8 dB) is within 0.5 dB of the
-activations alone (23.3 dB). Fitting each layer's weights to the float outputs from its quantized inputs
-(ridge-regularized least squares, then GPTQ, 128 images) was tried in an earlier stop: 79-93 % agreement
-(ridge 0.01-3 times the mean input power) against 96.7 % with the ridge so large that it is plain GPTQ.
+activations alone (23.3 dB); and fitting each layer's weights to the float outputs from its quantized
+inputs, so that they compensate the activation error, lowered agreement (figures in calibration/gptq.py's
+docstring).
 
 Prints a table and writes results/benchmarks/noise_budget.json (staged, then renamed), replacing the
 rows of the same workload and weights and keeping the others.
@@ -116,6 +116,7 @@ def main() -> None:
                                 "even-position ones); agreement_held_out: the 500 odd-position images",
                         "summaries": merged_rows(previous.get("summaries", []), [summary], args.workload, args.weights),
                         "rows": merged_rows(previous.get("rows", []), rows, args.workload, args.weights)})
+
 
 if __name__ == "__main__":
     sys.exit(run_main(main))
