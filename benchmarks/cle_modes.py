@@ -30,11 +30,12 @@ import pandas as pd
 
 from benchmarks.common import load_workload_inputs, merged_rows, run_main
 from calibration.evaluate import accuracy, top1_agreement
-from calibration.files import write_json
-from calibration.graph import make_session, run_batches
-from calibration.pipeline import PipelineState, StepContext, quantize, run_steps
-from calibration.qdq import write_qdq_model
-from harness.config import parse_technique
+from calibration.graph.session import make_session, run_batches
+from calibration.quant.writer import write_qdq_model
+from calibration.quantize import quantize
+from calibration.steps.state import PipelineState
+from workload.config import parse_technique
+from workload.files import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 COMBINATIONS = {
@@ -116,8 +117,8 @@ def main() -> None:
         steps = tuple(parse_technique(t, "combination") for t in COMBINATIONS[name].split(","))
         cfg = replace(config, calibration=replace(config.calibration, techniques=steps, weights=args.weights))
         start = time.perf_counter()
-        state = run_steps(float_model, StepContext(cfg, calibration, show_progress=False))
-        int8_model, _ = quantize(state, args.weights == "per-channel")
+        result = quantize(float_model, cfg, calibration, show_progress=False)
+        state, int8_model = result.state, result.model
         seconds = time.perf_counter() - start
         transformed = run_batches(make_session(state.model, optimize=True), evaluation)
         int8_logits = run_batches(make_session(int8_model, optimize=True), evaluation)

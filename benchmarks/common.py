@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from calibration.errors import HarnessError
 from calibration.evaluate import accuracy, sqnr_db, top1_agreement
-from calibration.files import save_array
-from calibration.graph import save_model
-from calibration.model_source import import_float_model
-from calibration.pipeline import load_workload_data
-from harness.config import WorkloadConfig, load_workload
-from harness.dataset import Dataset
+from calibration.graph.io import save_model
+from calibration.source.importer import import_float_model
+from workload.config import WorkloadConfig, load_workload
+from workload.dataset import Dataset
+from workload.errors import HarnessError
+from workload.files import save_array
+from workload.inputs import load_workload_data
 
 
 @dataclass(frozen=True)

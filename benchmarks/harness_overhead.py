@@ -6,7 +6,7 @@
 3. int8 against float throughput (plain loop) for MobileNetV2 and for the random-weight ResNet50-shaped model.
 
 Each figure is the median of ``--repeats`` runs. Prints a table and writes results/benchmarks/harness_overhead.json.
-Run from the repository root: ``make bench-harness`` or ``.venv/bin/python benchmarks/harness_overhead.py``.
+Run from the repository root: ``make bench-harness`` or ``.venv/bin/python -m benchmarks.harness_overhead``.
 """
 
 from __future__ import annotations
@@ -25,20 +25,20 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from calibration.graph.io import save_model
+from calibration.pipeline import calibrate
+from calibration.source.models.resnet50 import build_resnet50_shaped
+from harness.loadgen.backend import OnnxRuntimeBackend
+from harness.loadgen.isolated import RunRequest, run_isolated
+from harness.loadgen.runner import performance_figures, read_detail_log
+from harness.loadgen.scenarios import DurationProfile
+from harness.sample_data import fill_sample_images
+from harness.workflow import ensure_model
+from workload.config import WorkloadConfig, load_workload
+from workload.files import write_json
+from workload.inputs import load_workload_data
 
-from calibration.files import write_json  # noqa: E402
-from calibration.graph import save_model  # noqa: E402
-from calibration.models.resnet50 import build_resnet50_shaped  # noqa: E402
-from calibration.pipeline import calibrate, load_workload_data  # noqa: E402
-from harness.backend import OnnxRuntimeBackend  # noqa: E402
-from harness.config import WorkloadConfig, load_workload  # noqa: E402
-from harness.loadgen_run import RunRequest, run_isolated  # noqa: E402
-from harness.runner import performance_figures, read_detail_log  # noqa: E402
-from harness.sample_data import fill_sample_images  # noqa: E402
-from harness.scenarios import DurationProfile  # noqa: E402
-from harness.workflow import ensure_model  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("bench")
 PROFILE = DurationProfile("bench", 5000, {"Offline": 1, "SingleStream": 256})

@@ -14,25 +14,8 @@ list (or ``--techniques``):
     IMAGENET_SAMPLES_DIR=../shared/data/imagenet-samples .venv/bin/python -m benchmarks.noise_budget \
         --workload mobilenetv2 --weights per-channel
 
-Measured beside it with throwaway scripts (not in the repository), MobileNetV2 per-channel with the
-default list: leaving the 8 activation tensors float whose removal from quantization raised SQNR most
-(ranked on 250 calibration images: the input, the first conv's output, block 1's two outputs, block 2's
-output, and block 15-17 tensors) reached 98.2 % at 25.9 dB in the QDQ simulation, but those convolutions
-then run in float: the int8 model fell from 648 to 287 img/s (float: 324). With only the input and the
-first conv's output float it ran at 528 img/s (0.81×). So no mixed-precision layout reaches 98 % at int8 speed.
-
-Also measured that way, against the same QDQ simulation with GPTQ int8 weights (97.1 %, 22.94 dB):
-- the 25 residual-stream tensors (every Add's inputs and output) quantized per channel (an upper bound
-  for equalizing the residual stream, which CLE cannot scale because those tensors have several
-  consumers): with each channel's absolute min/max 97.0 % at 23.04 dB, halfway between that and its
-  mean-min/max 97.3 % at 23.00 dB (the mean-min/max alone clips: 94.0 % at 15.3 dB);
-- the input left float (the most that feeding exact uint8 pixels could give): 97.1 % at 23.28 dB;
-- the int8 model's per-class mean logit error, fitted on the calibration half and subtracted: on the
-  held-out half 97.4 % at 22.59 dB became 97.2 % at 22.75 dB.
-And no weight-rounding method can add much by itself: the int8 model (22.8 dB) is within 0.5 dB of the
-activations alone (23.3 dB); and fitting each layer's weights to the float outputs from its quantized
-inputs, so that they compensate the activation error, lowered agreement (figures in calibration/gptq.py's
-docstring).
+What was measured beside it (mixed precision, per-channel residual-stream ranges, a float input, a
+per-class logit shift, weight rounding's bound): results/experiments/noise_budget.md.
 
 Prints a table and writes results/benchmarks/noise_budget.json (staged, then renamed), replacing the
 rows of the same workload and weights and keeping the others.
@@ -52,11 +35,12 @@ import pandas as pd
 
 from benchmarks.common import load_workload_inputs, merged_rows, run_main
 from calibration.evaluate import sqnr_db, top1_agreement
-from calibration.files import write_json
-from calibration.graph import make_session, run_batches
-from calibration.pipeline import StepContext, quantize, run_steps
-from calibration.qdq import quantized_weights, with_activation_qdq, with_int8_weights
-from harness.config import parse_technique
+from calibration.graph.session import make_session, run_batches
+from calibration.quant.simulate import quantized_weights, with_activation_qdq, with_int8_weights
+from calibration.steps.runner import run_steps, write_int8
+from calibration.steps.state import StepContext
+from workload.config import parse_technique
+from workload.files import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "results" / "benchmarks" / "noise_budget.json"
@@ -90,7 +74,7 @@ def main() -> None:
     per_channel = args.weights == "per-channel"
     reference = run_batches(make_session(float_model, optimize=True), evaluation)
     state = run_steps(float_model, StepContext(config, calibration, show_progress=True))
-    int8_logits = run_batches(make_session(quantize(state, per_channel)[0], optimize=True), evaluation)
+    int8_logits = run_batches(make_session(write_int8(state, per_channel)[0], optimize=True), evaluation)
     weights_only = with_int8_weights(state.model, quantized_weights(state.model, per_channel))
     unrounded = tuple(s for s in steps if s.name not in WEIGHT_ROUNDING_STEPS)
     float_weights = run_steps(float_model, StepContext(

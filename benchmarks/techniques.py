@@ -1,5 +1,3 @@
-# ruff: noqa: E402
-# (the imports follow the sys.path fix below)
 """Accuracy by technique combination (CLE, high-bias absorption, bias correction, auto) with the peers.
 
 One table per model (MobileNetV2, EfficientNet-Lite0) on the 1000 sample images, calibrated on the 500
@@ -13,9 +11,9 @@ sub-command, so its time and peak memory are its own. Every int8 model is evalua
 top-1/top-5, drop, agreement with float (all images, calibration half, held-out half), logit SQNR, and
 throughput (batch 32, median of repeats). A peer that cannot run gets its reason in the ``error`` column.
 
-    python benchmarks/techniques.py                                  # everything (long: about an hour here)
-    python benchmarks/techniques.py --models mobilenetv2 --weights per-tensor --rows none CLE+BA auto --peers
-    python benchmarks/techniques.py quantize FP32 CAL.npy OUT.onnx --workload W --weights per-tensor \
+    python -m benchmarks.techniques                                  # everything (long: about an hour here)
+    python -m benchmarks.techniques --models mobilenetv2 --weights per-tensor --rows none CLE+BA auto --peers
+    python -m benchmarks.techniques quantize FP32 CAL.npy OUT.onnx --workload W --weights per-tensor \
         --techniques fold_bn,cle,profile                             # one of our rows (the child process)
 
 Writes results/benchmarks/techniques.json after every row (staged, then renamed; rows of an earlier run
@@ -25,20 +23,16 @@ build/<model>/plots/accuracy_by_technique.png (int8 top-1 by row).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[0] = str(ROOT)  # run as a script, sys.path[0] is benchmarks/, whose calibration.py shadows the package
-
 import argparse
 import json
 import logging
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,11 +41,16 @@ import pandas as pd
 
 from benchmarks.common import fidelity, prepare_inputs, run_main
 from benchmarks.peers.run_peer import PeerError, run_measured
-from calibration.files import save_figure, write_json
-from calibration.graph import load_model, make_session, run_batches, save_model
-from calibration.pipeline import StepContext, build_dir, held_out_agreement, quantize, run_steps
-from harness.config import is_auto, load_workload, with_overrides
+from calibration.graph.io import load_model, save_model
+from calibration.graph.session import make_session, run_batches
+from calibration.pipeline import held_out_agreement
+from calibration.quantize import quantize
 from harness.sample_data import fill_sample_images
+from workload.config import load_workload, with_overrides
+from workload.files import save_figure, write_json
+from workload.paths import build_dir
+
+ROOT = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("bench-techniques")
 
@@ -129,29 +128,20 @@ def row_label(row: str) -> str:
 
 
 def our_command(name: str, weights: str, row: str, fp32: Path, calibration: Path, output: Path) -> list[str]:
-    command = [sys.executable, str(Path(__file__).resolve()), "quantize", str(fp32), str(calibration), str(output),
+    command = [sys.executable, "-m", "benchmarks.techniques", "quantize", str(fp32), str(calibration), str(output),
                "--workload", name, "--weights", weights, "--techniques", ROWS[row]]
     return command + (["--range", ROW_RANGE[row]] if row in ROW_RANGE else [])
 
 
 def quantize_child(args: argparse.Namespace) -> int:
     """One of our rows: the technique steps (or the auto search) and the QDQ writer; the report beside it."""
-    from calibration.search import search_techniques
-
     config = with_overrides(load_workload(ROOT / "workloads" / f"{args.workload}.yaml"), args.weights, args.range,
                             args.techniques)
     images = np.load(args.calibration, mmap_mode="r")
     model = load_model(args.fp32)
-    ctx = StepContext(config, images, show_progress=False)
-    if is_auto(config.calibration.techniques):
-        search = search_techniques(model, ctx)
-        state = search.state
-        state.report["technique_search"] = search.report()
-    else:
-        state = run_steps(model, ctx)
-    int8_model, _ = quantize(state, config.calibration.weights == "per-channel")
-    save_model(int8_model, args.output)
-    write_json(args.output.with_suffix(".report.json"), state.report)
+    result = quantize(model, config, images, show_progress=False)
+    save_model(result.model, args.output)
+    write_json(args.output.with_suffix(".report.json"), result.state.report)
     return 0
 
 

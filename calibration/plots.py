@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after use("Agg")
 
-from calibration.files import save_figure
+from workload.files import save_figure
 
 
 def plot_cle_weight_ranges(depthwise_ranges: dict[str, dict[str, list[float]]], path: Path) -> None:

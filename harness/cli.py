@@ -12,9 +12,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from calibration.errors import HarnessError, WorkloadError
-from harness.config import WorkloadConfig, load_workload, with_overrides
+from calibration.steps.techniques import check_techniques
 from harness.sample_data import fill_calibration_lists, fill_sample_images
+from workload.config import RANGE_METHODS, WEIGHT_GRANULARITIES, WorkloadConfig, load_workload, with_overrides
+from workload.errors import HarnessError, WorkloadError
+from workload.paths import results_root
 
 log = logging.getLogger("harness")
 
@@ -47,6 +49,7 @@ def load_config(args: argparse.Namespace) -> WorkloadConfig:
     config = load_workload(resolve_workload(args.workload))
     config = with_overrides(config, getattr(args, "weights", None), getattr(args, "range", None),
                             getattr(args, "techniques", None))
+    check_techniques(config.calibration.techniques)  # before any image is read
     if config.dataset.images == DEFAULT_SAMPLES and not (ROOT / DEFAULT_SAMPLES / "val_map.txt").is_file():
         fill_sample_images(ROOT / DEFAULT_SAMPLES, samples_source())
     return config
@@ -84,21 +87,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_results(_args: argparse.Namespace) -> int:
     from harness.results_table import collect, write_table
 
-    table = collect(ROOT / "results")
+    table = collect(results_root(ROOT))
     if table.empty:
         raise HarnessError("no runs under results/ yet: run `make run` first")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    write_table(table, ROOT / "results" / "results.csv")
-    print(f"wrote {ROOT / 'results' / 'results.csv'}")
+    write_table(table, results_root(ROOT) / "results.csv")
+    print(f"wrote {results_root(ROOT) / 'results.csv'}")
     return 0
 
 
 def cmd_submission(args: argparse.Namespace) -> int:
-    from harness.config import load_workload
-    from harness.submission import PackageRequest, benchmark_rules, package, submission_root
-    from harness.submission_check import check_submission, format_report
-    from harness.submission_config import load_submission_config
-    from harness.system_info import read_machine
+    from harness.submission.check import check_submission, format_report
+    from harness.submission.config import load_submission_config
+    from harness.submission.package import PackageRequest, benchmark_rules, package, submission_root
+    from harness.submission.system_info import read_machine
+    from workload.config import load_workload
 
     submission = load_submission_config(ROOT / "submission.yaml")
     config = load_config(args)
@@ -118,8 +121,8 @@ def cmd_submission(args: argparse.Namespace) -> int:
 
 
 def cmd_check_submission(_args: argparse.Namespace) -> int:
-    from harness.submission import submission_root
-    from harness.submission_check import check_submission, format_report
+    from harness.submission.check import check_submission, format_report
+    from harness.submission.package import submission_root
 
     root = submission_root(ROOT)
     report = check_submission(root, root / "accuracy-backup")
@@ -143,8 +146,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workload", default="mobilenetv2", help="workload name or YAML path")
-    parser.add_argument("--weights", choices=["per-channel", "per-tensor"], help="override the YAML")
-    parser.add_argument("--range", choices=["minmax", "mean_minmax", "percentile", "mse", "entropy"],
+    parser.add_argument("--weights", choices=WEIGHT_GRANULARITIES, help="override the YAML")
+    parser.add_argument("--range", choices=RANGE_METHODS,
                         help="override the YAML's range method")
     parser.add_argument("--techniques", help="comma-separated technique list overriding the YAML")
 

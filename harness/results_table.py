@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from calibration.files import write_atomic
+from workload.files import write_atomic
 
 COLUMNS = ["system", "workload", "scenario", "mode", "profile", "validity", "samples_per_s", "p50_ms", "p90_ms",
            "p99_ms", "early_stopping_latency_ms", "top1_pct", "float_top1_pct", "meets_target", "finished_utc"]

@@ -13,8 +13,8 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from calibration.errors import DataError
-from harness.dataset import IMAGE_SUFFIXES, derive_val_map, write_val_map
+from workload.dataset import IMAGE_SUFFIXES, derive_val_map, write_val_map
+from workload.errors import DataError
 
 log = logging.getLogger(__name__)
 

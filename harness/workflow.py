@@ -9,12 +9,14 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-from calibration.errors import HarnessError
-from calibration.pipeline import build_dir, calibrate, load_workload_data
-from harness.backend import OnnxRuntimeBackend
-from harness.config import WorkloadConfig
-from harness.runner import RunSpec, run_scenario
-from harness.scenarios import parse_mode, parse_profile, parse_scenario
+from calibration.pipeline import calibrate
+from harness.loadgen.backend import OnnxRuntimeBackend
+from harness.loadgen.runner import RunSpec, run_scenario
+from harness.loadgen.scenarios import parse_mode, parse_profile, parse_scenario
+from workload.config import WorkloadConfig
+from workload.errors import HarnessError
+from workload.inputs import load_workload_data
+from workload.paths import build_dir, results_root
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ def run_workload(config: WorkloadConfig, root: Path, scenario: str, mode: str, p
             workload=config.name if precision == "int8" else f"{config.name}-fp32",
             scenario=scenario, mode=each, profile=duration, harness=config.harness,
             tensors_path=Path(evaluation.filename), labels=dataset.labels, label_offset=config.model.label_offset,
-            backend_factory=factory, results_root=root / "results", model=str(model_path.relative_to(root)),
+            backend_factory=factory, results_root=results_root(root), model=str(model_path.relative_to(root)),
             reference_top1=reference.get("float_top1"), target_ratio=config.accuracy.target_ratio,
             calibration_top1=reference.get(f"{precision}_top1" if precision == "int8" else "float_top1"))
         summaries.append(run_scenario(spec))

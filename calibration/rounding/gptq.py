@@ -1,0 +1,266 @@
+"""GPTQ weight rounding (Frantar et al., "GPTQ: Accurate Post-Training Quantization for Generative
+Pre-trained Transformers", ICLR 2023, after Optimal Brain Quantization).
+
+Round-to-nearest makes each weight's error small; what matters is the layer's output error
+‖(W − Ŵ)X‖² over the inputs X it will see. With H = Σ x̃x̃ᵀ over the calibration rows (x̃ = [x; 1],
+per convolution group), GPTQ quantizes one input column at a time and spreads that column's
+rounding error over the columns not yet quantized, through the Cholesky factor of H⁻¹, so that they
+compensate for it. The bias is the last column and is never quantized to int8: it absorbs the
+error that the weights cannot (the mean part of it is what bias correction would remove).
+
+The inputs X come from one pass over the calibration images through the float model with every
+activation quantized as the int8 model will quantize it (when ``profile`` has run).
+
+The target is the layer's own float weights on its quantized inputs, not the float model's outputs.
+Fitting each layer to the float outputs (so that it also compensates the quantization of its inputs)
+lowered agreement: in one pass every layer corrects what the layers before it already corrected, and
+even layer by layer and regularized toward W the fit does not generalize beyond the images it was fitted on.
+
+Column order (``act_order``): rounding the columns with the largest H diagonal first is GPTQ's
+"act-order". Neither order wins on every model and weight setting, so both are offered and ``auto``
+tries both.
+
+The scales stay those of round-to-nearest (max|W|/127 per channel or per tensor; a per-row scale search
+changed nothing), and the element that sets each scale is pinned at ±127, so the int8 grid values written
+here are exactly what ``calibration.quant.simulate.quantized_weights`` recovers from the model: the weights
+become float values on that grid.
+
+The measured variants and the column-order figures: results/experiments/gptq.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from tqdm import tqdm
+
+from calibration.graph.index import GraphIndex, attribute, conv_group, fresh_name, input_name
+from calibration.graph.outputs import with_outputs
+from calibration.graph.patterns import WEIGHTED_OPS, weight_axis
+from calibration.graph.session import make_session
+from calibration.quant.encodings import Encoding, weight_encoding
+from calibration.quant.simulate import with_activation_qdq
+from workload.errors import CalibrationError
+
+log = logging.getLogger(__name__)
+
+# Dampening added to H's diagonal, as a fraction of its mean diagonal (the GPTQ paper's default).
+DAMPING = 0.01
+
+
+@dataclass(frozen=True)
+class RoundedLayer:
+    layer: str
+    rtn_error: float  # Σ‖(W − Ŵ_rtn)x‖² / Σ‖Wx + b‖² on the quantized inputs: round-to-nearest
+    gptq_error: float  # the same for the GPTQ weights and bias
+
+    def as_dict(self) -> dict[str, float | str]:
+        return {"layer": self.layer, "rtn_error": self.rtn_error, "gptq_error": self.gptq_error}
+
+
+def _same_pads(size: int, kernel: int, stride: int, dilation: int, upper: bool) -> tuple[int, int]:
+    total = max((-(-size // stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    small, big = total // 2, total - total // 2
+    return (small, big) if upper else (big, small)
+
+
+def conv_patches(x: np.ndarray, node: onnx.NodeProto, kernel: tuple[int, int]) -> np.ndarray:
+    """im2col of a 2-D Conv's input: (groups, N·H_out·W_out, C/groups·kh·kw), columns in the weight's order."""
+    n, c, h, w = x.shape
+    kh, kw = kernel
+    sh, sw = attribute(node, "strides", [1, 1])
+    dh, dw = attribute(node, "dilations", [1, 1])
+    auto_pad = attribute(node, "auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        top, bottom = _same_pads(h, kh, sh, dh, auto_pad == "SAME_UPPER")
+        left, right = _same_pads(w, kw, sw, dw, auto_pad == "SAME_UPPER")
+    elif auto_pad == "VALID":
+        top = bottom = left = right = 0
+    else:
+        top, left, bottom, right = attribute(node, "pads", [0, 0, 0, 0])
+    groups = conv_group(node)
+    if (kh, kw, sh, sw, top, left, bottom, right) == (1, 1, 1, 1, 0, 0, 0, 0):
+        return x.reshape(n, groups, c // groups, h * w).transpose(1, 0, 3, 2).reshape(groups, -1, c // groups)
+    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    span_h, span_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (span_h, span_w), axis=(2, 3))
+    windows = windows[:, :, ::sh, ::sw, ::dh, ::dw]  # (N, C, H_out, W_out, kh, kw)
+    _, _, h_out, w_out, _, _ = windows.shape
+    grouped = windows.reshape(n, groups, c // groups, h_out, w_out, kh, kw)
+    return grouped.transpose(1, 0, 3, 4, 2, 5, 6).reshape(groups, n * h_out * w_out, -1)
+
+
+def layer_patches(x: np.ndarray, node: onnx.NodeProto, weight_shape: tuple[int, ...]) -> np.ndarray:
+    """The layer's input rows, (groups, rows, K), that its weight (output channels first, flattened) multiplies."""
+    if node.op_type == "Conv":
+        if x.ndim != 4:
+            raise CalibrationError(f"Conv '{node.name}': gptq handles 2-D convolutions only")
+        return conv_patches(x, node, (weight_shape[2], weight_shape[3]))
+    if node.op_type == "Gemm" and attribute(node, "transA", 0):
+        raise CalibrationError(f"Gemm '{node.name}': gptq does not handle transA=1")
+    return x.reshape(1, -1, x.shape[-1])
+
+
+def _with_ones(rows: np.ndarray) -> np.ndarray:
+    return np.concatenate([rows, np.ones((*rows.shape[:2], 1), rows.dtype)], axis=2)
+
+
+def _damped(hessian: np.ndarray) -> np.ndarray:
+    """H with dead inputs given a unit diagonal and DAMPING·mean(diag) added to the diagonal."""
+    h = hessian.astype(np.float64).copy()
+    diagonal = np.arange(h.shape[1])
+    h[:, diagonal, diagonal] += np.where(h[:, diagonal, diagonal] == 0, 1.0, 0.0)
+    h[:, diagonal, diagonal] += DAMPING * h[:, diagonal, diagonal].mean(axis=1, keepdims=True)
+    return h
+
+
+def gptq_round(weight: np.ndarray, hessian: np.ndarray, encoding: Encoding, free_columns: int = 0,
+               act_order: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """int8 codes for the first K − ``free_columns`` columns of ``weight`` (groups, rows, K) given
+    ``hessian`` (groups, K, K) and the round-to-nearest ``encoding`` of those columns (per row, scales
+    (groups·rows,), or per tensor), and the final values of the free columns (a bias), which absorb
+    the error left.
+
+    Columns are quantized in order, or with ``act_order`` in decreasing order of H's diagonal (the
+    inputs with the most energy first, while the most columns are left to absorb their error); each
+    column's error, divided by the Cholesky factor's diagonal, updates the later columns. The element
+    that sets each scale stays at ±127 exactly. The free columns always come last.
+    """
+    if not act_order:
+        return _round_in_order(weight, hessian, encoding, free_columns)
+    quantized = weight.shape[2] - free_columns
+    energy = np.diagonal(hessian, axis1=1, axis2=2)[:, :quantized]
+    order = np.concatenate([np.argsort(-energy, axis=1, kind="stable"),
+                            np.broadcast_to(np.arange(quantized, weight.shape[2]), (len(energy), free_columns))],
+                           axis=1)
+    permuted_hessian = np.take_along_axis(np.take_along_axis(hessian, order[:, :, None], axis=1),
+                                          order[:, None, :], axis=2)
+    codes, free = _round_in_order(np.take_along_axis(weight, order[:, None, :], axis=2), permuted_hessian,
+                                  encoding, free_columns)
+    restored = np.empty_like(codes)
+    np.put_along_axis(restored, np.broadcast_to(order[:, None, :quantized], codes.shape), codes, axis=2)
+    return restored, free
+
+
+def _round_in_order(weight: np.ndarray, hessian: np.ndarray, encoding: Encoding, free_columns: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    groups, rows, k = weight.shape
+    quantized = k - free_columns
+    scale = np.broadcast_to(encoding.scale.astype(np.float64).reshape(-1, 1) if encoding.axis is not None
+                            else np.float64(encoding.scale), (groups * rows, 1)).reshape(groups, rows, 1)
+    upper = np.linalg.cholesky(np.linalg.inv(_damped(hessian))).transpose(0, 2, 1)  # H⁻¹ = UᵀU
+
+    original = weight.astype(np.float64)
+    absolute = np.abs(original[:, :, :quantized])
+    limit = absolute.max(axis=2, keepdims=True) if encoding.axis is not None else absolute.max()
+    pinned = np.concatenate([absolute == limit, np.zeros((groups, rows, free_columns), bool)], axis=2)
+    w = original.copy()
+    codes = np.empty((groups, rows, quantized), np.int8)
+    for j in range(quantized):
+        q = np.clip(np.round(w[:, :, j : j + 1] / scale), -127, 127)
+        codes[:, :, j] = q[:, :, 0]
+        error = (w[:, :, j : j + 1] - q * scale) / upper[:, j, j][:, None, None]
+        w[:, :, j + 1 :] -= error * upper[:, None, j, j + 1 :]
+        w[:, :, j + 1 :] = np.where(pinned[:, :, j + 1 :], original[:, :, j + 1 :], w[:, :, j + 1 :])
+    return codes, w[:, :, quantized:]
+
+
+def output_error(weight: np.ndarray, approximation: np.ndarray, hessian: np.ndarray) -> float:
+    """tr(ΔW̃ H ΔW̃ᵀ) / tr(W̃ H W̃ᵀ), summed over groups: the relative output error energy on the rows behind H."""
+    delta = (weight - approximation).astype(np.float64)
+    w = weight.astype(np.float64)
+    error = np.einsum("grk,gkl,grl->", delta, hessian, delta)
+    energy = np.einsum("grk,gkl,grl->", w, hessian, w)
+    return float(error / max(energy, 1e-30))
+
+
+def _grouped(weight: np.ndarray, groups: int) -> np.ndarray:
+    return weight.reshape(groups, weight.shape[0] // groups, -1)
+
+
+def input_hessians(model: onnx.ModelProto, layer_names: Sequence[str], images: np.ndarray,
+                   batch_size: int, show_progress: bool = True) -> dict[str, np.ndarray]:
+    """Each named layer's H = Σ x̃x̃ᵀ over its input rows (x̃ = [x; 1]) per group, (groups, K+1, K+1), over
+    ``images`` through ``model``, streamed batch by batch (float32 products per batch, accumulated in float64).
+
+    The layers are looked up in ``model`` itself, so in a model from ``with_activation_qdq`` their inputs
+    are the dequantized tensors, exactly what the int8 layers will read."""
+    index = GraphIndex.build(model)
+    wanted = set(layer_names)
+    layers = [n for n in model.graph.node if n.name in wanted]
+    shapes = {node.name: index.constant(node.input[1]).shape for node in layers}
+    sources = sorted({node.input[0] for node in layers})
+    # ORT's graph optimizations rewrite QDQ around float weights inexactly: they stay off here.
+    session = make_session(with_outputs(model, sources), optimize=False)
+    feed = input_name(model)
+    hessians: dict[str, np.ndarray] = {}
+    with tqdm(total=len(images), desc="gptq inputs", unit="img", disable=not show_progress) as progress:
+        for start in range(0, len(images), batch_size):
+            batch = np.ascontiguousarray(images[start : start + batch_size])
+            values = dict(zip(sources, session.run(sources, {feed: batch})))
+            for node in layers:
+                rows = _with_ones(layer_patches(values[node.input[0]], node, shapes[node.name]))
+                if node.name not in hessians:
+                    hessians[node.name] = np.zeros((rows.shape[0], rows.shape[2], rows.shape[2]))
+                hessians[node.name] += np.matmul(rows.transpose(0, 2, 1), rows)
+            progress.update(len(batch))
+    return hessians
+
+
+def _bias(index: GraphIndex, model: onnx.ModelProto, node: onnx.NodeProto, channels: int) -> str:
+    """The layer's bias initializer, added (zero) when it has none."""
+    if len(node.input) > 2 and node.input[2]:
+        return node.input[2]
+    name = fresh_name(model, f"{node.name or node.output[0]}.bias")
+    index.set_constant(name, np.zeros(channels, np.float32))
+    while len(node.input) < 3:
+        node.input.append("")
+    node.input[2] = name
+    return name
+
+
+def round_weights(model: onnx.ModelProto, activations: dict[str, Encoding], images: np.ndarray,
+                  per_channel: bool, batch_size: int, show_progress: bool = True, act_order: bool = False
+                  ) -> tuple[onnx.ModelProto, list[RoundedLayer]]:
+    """A copy of ``model`` whose weights are GPTQ-rounded values on their int8 grids and whose biases
+    absorb the rest of the rounding error, with a per-layer report (``act_order``: see ``gptq_round``)."""
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    index = GraphIndex.build(result)
+    layers = [n for n in result.graph.node if n.op_type in WEIGHTED_OPS and index.is_constant(n.input[1])]
+    shared = [n.name for n in layers if len(index.consumers[n.input[1]]) > 1]
+    if shared:
+        raise CalibrationError(f"gptq: layer '{shared[0]}' shares its weight with another layer")
+    matmul = [n.name for n in layers if n.op_type == "MatMul"]
+    if matmul:
+        raise CalibrationError(f"gptq: MatMul '{matmul[0]}' has no bias to absorb the rounding error")
+    biases = {node.name: _bias(index, result, node, index.constant(node.input[1]).shape[weight_axis(node)])
+              for node in layers}
+    simulated = with_activation_qdq(result, activations)
+    hessians = input_hessians(simulated, [n.name for n in layers], images, batch_size, show_progress)
+    report = []
+    for node in tqdm(layers, desc="gptq rounding", unit="layer", disable=not show_progress):
+        weight = index.constant(node.input[1])
+        axis = weight_axis(node)
+        moved = np.moveaxis(weight, axis, 0)
+        groups = conv_group(node) if node.op_type == "Conv" else 1
+        bias = index.constant(biases[node.name]).astype(np.float64).reshape(groups, -1, 1)
+        original = np.concatenate([_grouped(moved, groups).astype(np.float64), bias], axis=2)
+        encoding = weight_encoding(moved, per_channel)
+        codes, new_bias = gptq_round(original, hessians[node.name], encoding, free_columns=1, act_order=act_order)
+        scale = encoding.scale.reshape(groups, -1, 1) if per_channel else encoding.scale
+        rounded = (codes * scale).astype(np.float32)
+        nearest = _grouped(encoding.fake_quantize(moved), groups)
+        report.append(RoundedLayer(
+            node.name, output_error(original, np.concatenate([nearest, bias], axis=2), hessians[node.name]),
+            output_error(original, np.concatenate([rounded, new_bias], axis=2), hessians[node.name])))
+        index.set_constant(node.input[1], np.moveaxis(rounded.reshape(moved.shape), 0, axis))
+        index.set_constant(biases[node.name], new_bias.reshape(-1))
+    log.info("gptq: %d layers, relative output error %.3g → %.3g (sum over layers)", len(report),
+             sum(r.rtn_error for r in report), sum(r.gptq_error for r in report))
+    return result, report

@@ -1,0 +1,165 @@
+"""``TECHNIQUES=auto``: try the sensible technique combinations, keep the best.
+
+Candidates are scored on the calibration images only (they never see evaluation images or any
+labels): top-1 agreement of the int8 model (ORT_ENABLE_ALL, as deployed) with the float model,
+then logit SQNR as the tie-break. The search is staged to keep it affordable: first the
+combinations without bias correction (none, CLE, CLE+BA, activation-aware CLE+BA, activation-aware CLE
+with ReLU6 fused, ReLU6→ReLU + CLE+BA), then bias correction (empirical and analytical) and GPTQ weight
+rounding (both column orders) on the best of those, GPTQ on the fused activation-aware CLE (the best
+combination, or tied for best, in the measured runs: results/experiments/technique_search.md), and empirical
+bias correction and GPTQ on the plain pipeline. A candidate that cannot apply is recorded with its error.
+
+Bias correction and GPTQ fit the same calibration images they are scored on, so the score of such a
+candidate is slightly optimistic; the calibrate command's held-out split shows the real effect.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from calibration.evaluate import sqnr_db, top1_agreement
+from calibration.graph.session import make_session, run_batches
+from calibration.steps.runner import run_steps, write_int8
+from calibration.steps.state import PipelineState, StepContext
+from workload.config import TechniqueStep
+from workload.errors import CalibrationError
+from workload.files import save_figure
+
+log = logging.getLogger(__name__)
+
+BASE = (TechniqueStep("fold_bn"),)
+PROFILE = (TechniqueStep("profile"),)
+# GPTQ's column orders: neither wins on every model (results/experiments/gptq.md), so the search tries both.
+GPTQ_ORDERS = ((None, ""), ("act_order", "(act-order)"))
+FUSED_AWARE = "CLE(act-aware,fused)"
+
+
+@dataclass(frozen=True)
+class CandidateScore:
+    label: str
+    techniques: tuple[TechniqueStep, ...]
+    agreement: float  # on the calibration images
+    sqnr_db: float
+    seconds: float
+    error: str = ""  # why the candidate could not run (then it scores -inf)
+
+    @property
+    def key(self) -> tuple[float, float]:
+        return (self.agreement, self.sqnr_db) if not self.error else (-np.inf, -np.inf)
+
+    def as_dict(self) -> dict:
+        return {"label": self.label, "techniques": [str(s) for s in self.techniques], "agreement": self.agreement,
+                "sqnr_db": self.sqnr_db, "seconds": round(self.seconds, 2), "error": self.error}
+
+
+@dataclass
+class SearchResult:
+    best: CandidateScore
+    state: PipelineState
+    scores: list[CandidateScore]
+
+    def report(self) -> dict:
+        return {"chosen": self.best.label, "techniques": [str(s) for s in self.best.techniques],
+                "scored_on": "calibration images (top-1 agreement with float, then logit SQNR)",
+                "candidates": [s.as_dict() for s in self.scores]}
+
+
+def _steps(*names: str) -> tuple[TechniqueStep, ...]:
+    return tuple(TechniqueStep(*n.split(":")) for n in names)
+
+
+def first_stage_candidates() -> dict[str, tuple[TechniqueStep, ...]]:
+    """Combinations without bias correction (the ReLU6 variants: exact per-channel bounds, replacement)."""
+    return {
+        "none": BASE + PROFILE,
+        "CLE": BASE + _steps("cle") + PROFILE,
+        "CLE+BA": BASE + _steps("cle", "high_bias_absorption") + PROFILE,
+        "CLE(act-aware)+BA": BASE + _steps("cle:activation_aware", "high_bias_absorption") + PROFILE,
+        FUSED_AWARE: BASE + _steps("cle:activation_aware_fused") + PROFILE,
+        "ReLU6→ReLU+CLE+BA": BASE + _steps("relu6_to_relu", "cle", "high_bias_absorption") + PROFILE,
+    }
+
+
+def _score(label: str, techniques: tuple[TechniqueStep, ...], float_model: onnx.ModelProto, ctx: StepContext,
+           reference: np.ndarray) -> tuple[CandidateScore, PipelineState | None]:
+    config = dataclasses.replace(ctx.config, calibration=dataclasses.replace(ctx.config.calibration,
+                                                                             techniques=techniques))
+    start = time.perf_counter()
+    try:
+        state = run_steps(float_model, StepContext(config, ctx.calibration_images, ctx.show_progress))
+        int8_model, _ = write_int8(state, config.calibration.per_channel)
+    except CalibrationError as err:
+        log.warning("auto: %s cannot run: %s", label, err)
+        seconds = time.perf_counter() - start
+        return CandidateScore(label, techniques, float("nan"), float("nan"), seconds, str(err)), None
+    logits = run_batches(make_session(int8_model, optimize=True), ctx.calibration_images)
+    score = CandidateScore(label, techniques, top1_agreement(reference, logits), sqnr_db(reference, logits),
+                           time.perf_counter() - start)
+    log.info("auto: %-28s agreement %6.2f %%  SQNR %5.1f dB  (%.0f s)", label, 100 * score.agreement, score.sqnr_db,
+             score.seconds)
+    return score, state
+
+
+def search_techniques(float_model: onnx.ModelProto, ctx: StepContext) -> SearchResult:
+    """Run the staged search on ``ctx.calibration_images``; return the best candidate's state and all scores."""
+    reference = run_batches(make_session(float_model, optimize=True), ctx.calibration_images)
+    scores: list[CandidateScore] = []
+    states: dict[str, PipelineState] = {}
+
+    def attempt(label: str, techniques: tuple[TechniqueStep, ...]) -> None:
+        log.info("auto: candidate %d, %s: %s", len(scores) + 1, label, ",".join(str(t) for t in techniques))
+        score, state = _score(label, techniques, float_model, ctx, reference)
+        scores.append(score)
+        if state is not None:
+            states[label] = state
+
+    first_stage = first_stage_candidates()
+    for label, techniques in first_stage.items():
+        attempt(label, techniques)
+    base = max(scores, key=lambda s: s.key)
+    stem = base.techniques[:-1]  # everything before profile
+    for option in ("empirical", "analytical"):
+        attempt(f"{base.label}+BC({option})", stem + PROFILE + (TechniqueStep("bias_correction", option),))
+    gptq_stems = {base.label: stem, FUSED_AWARE: first_stage[FUSED_AWARE][:-1]}
+    for label, steps in gptq_stems.items():
+        for option, suffix in GPTQ_ORDERS:
+            attempt(f"{label}+GPTQ{suffix}", steps + PROFILE + (TechniqueStep("gptq", option),))
+    if base.label != "none":
+        attempt("BC(empirical)", BASE + PROFILE + (TechniqueStep("bias_correction", "empirical"),))
+        for option, suffix in GPTQ_ORDERS:
+            attempt(f"GPTQ{suffix}", BASE + PROFILE + (TechniqueStep("gptq", option),))
+    best = max(scores, key=lambda s: s.key)
+    if best.error:
+        raise CalibrationError(f"auto: no technique combination could run ({best.error})")
+    log.info("auto: chose %s", best.label)
+    return SearchResult(best, states[best.label], scores)
+
+
+def plot_scores(scores: list[CandidateScore], path: Path, title: str) -> None:
+    """Bar chart of each candidate's top-1 agreement (calibration images), best highlighted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    usable = [s for s in scores if not s.error]
+    best = max(usable, key=lambda s: s.key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(usable) + 1.5))
+    ax.barh([s.label for s in usable], [100 * s.agreement for s in usable],
+            color=["tab:green" if s is best else "tab:blue" for s in usable])
+    for i, s in enumerate(usable):
+        ax.text(100 * s.agreement, i, f" {100 * s.agreement:.1f}", va="center")
+    ax.set_xlim(max(0.0, min(100 * s.agreement for s in usable) - 5), 100)
+    ax.set_xlabel("top-1 agreement with float (%)")
+    ax.set_title(title)
+    ax.invert_yaxis()
+    fig.tight_layout()
+    save_figure(fig, path)

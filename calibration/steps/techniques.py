@@ -1,0 +1,193 @@
+"""Every technique a workload may name, in one registry: its adapter, options, order rules and the text
+``calibration.md`` prints for it. A new technique is one adapter function and one ``Technique`` entry here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from calibration.quant.encodings import activation_encoding
+from calibration.quant.plan import plan_quantization
+from calibration.rounding.bias_correction import correct_biases
+from calibration.rounding.gptq import round_weights
+from calibration.stats.profile import profile_activations, profile_channel_ranges
+from calibration.stats.ranges import HISTOGRAM_METHODS, choose_range
+from calibration.steps.state import PipelineState, Step, StepContext
+from calibration.transforms.cle.driver import equalize
+from calibration.transforms.cle.sets import link_tensors
+from calibration.transforms.fold import fold_batch_norms
+from calibration.transforms.high_bias import absorb_high_biases
+from calibration.transforms.relu6 import relu6_to_relu
+from workload.config import TechniqueStep
+from workload.errors import CalibrationError, WorkloadError
+
+
+def step_fold_bn(state: PipelineState, _ctx: StepContext, _option: str | None) -> None:
+    state.model, folded, skipped = fold_batch_norms(state.model)
+    state.folded.update({f.layer: f for f in folded})
+    state.report["fold_bn"] = {"folded": [f.layer for f in folded], "skipped": skipped}
+
+
+def step_profile(state: PipelineState, ctx: StepContext, _option: str | None) -> None:
+    cal = ctx.config.calibration
+    state.plan = plan_quantization(state.model)
+    bins = cal.histogram_bins if cal.range in HISTOGRAM_METHODS else None
+    state.stats = profile_activations(state.model, state.plan.activations, ctx.calibration_images,
+                                      cal.batch_size, bins, ctx.show_progress)
+    upper_bounds = {out: bound for out, bound in state.plan.fused.values()}
+    state.activations = {}
+    for name, stats in state.stats.items():
+        low, high = choose_range(stats, cal.range, cal.percentile)
+        state.activations[name] = activation_encoding(low, min(high, upper_bounds.get(name, np.inf)))
+    state.report["activation_ranges"] = {
+        name: {
+            "min": s.minimum, "max": s.maximum, "mean_min": s.mean_min, "mean_max": s.mean_max,
+            "range_min": float(state.activations[name].range_min),
+            "range_max": float(state.activations[name].range_max),
+            "scale": float(state.activations[name].scale), "zero_point": int(state.activations[name].zero_point),
+        }
+        for name, s in state.stats.items()
+    }
+
+
+def step_bias_correction(state: PipelineState, ctx: StepContext, option: str | None) -> None:
+    if state.plan is None:
+        raise CalibrationError("'bias_correction' needs activation encodings: put it after 'profile'")
+    # The simulated int8 model quantizes weights only (results/experiments/bias_correction.md says why).
+    result = correct_biases(state.model, ctx.calibration_images, ctx.config.calibration.per_channel,
+                            option or "empirical", state.folded, show_progress=ctx.show_progress)
+    state.model = result.model
+    state.report["bias_correction"] = {"method": option or "empirical", **result.report()}
+
+
+def step_gptq(state: PipelineState, ctx: StepContext, option: str | None) -> None:
+    """``gptq`` rounds each layer's columns in their stored order, ``gptq:act_order`` largest input energy first."""
+    cal = ctx.config.calibration
+    state.model, layers = round_weights(state.model, state.activations, ctx.calibration_images,
+                                        cal.per_channel, cal.batch_size, ctx.show_progress,
+                                        act_order=option == "act_order")
+    state.report["gptq"] = {"column_order": option or "stored", "layers": [layer.as_dict() for layer in layers]}
+
+
+def step_relu6_to_relu(state: PipelineState, _ctx: StepContext, _option: str | None) -> None:
+    state.model, replaced, kept = relu6_to_relu(state.model)
+    state.report["relu6_to_relu"] = {"replaced": replaced, "kept": kept}
+
+
+def step_cle(state: PipelineState, ctx: StepContext, option: str | None) -> None:
+    """``cle`` / ``cle:exact`` keep ReLU6 exact with per-channel bounds, ``cle:skip_relu6`` leaves
+    sets with a ReLU6 unscaled, ``cle:iterate`` repeats exact CLE until the scales settle,
+    ``cle:activation_aware`` fits weight and activation ranges together from calibration statistics,
+    and the ``_fused`` forms limit the scales so that the int8 clamp covers every ReLU6 bound."""
+    aware = option in ("activation_aware", "activation_aware_fused")
+    fused = option in ("fused", "activation_aware_fused")
+    channel_ranges = None
+    if aware or fused:
+        channel_ranges = profile_channel_ranges(state.model, link_tensors(state.model), ctx.calibration_images,
+                                                ctx.config.calibration.batch_size)
+    relu6 = "skip" if option == "skip_relu6" else "fused" if fused else "exact"
+    result = equalize(state.model, state.folded, relu6=relu6, iterate=option == "iterate",
+                      channel_ranges=channel_ranges, activation_aware=aware)
+    state.model, state.folded = result.model, result.folded
+    state.report["cle"] = result.report
+
+
+def step_high_bias_absorption(state: PipelineState, _ctx: StepContext, _option: str | None) -> None:
+    result = absorb_high_biases(state.model, state.folded)
+    state.model, state.folded = result.model, result.folded
+    state.report["high_bias_absorption"] = result.report
+
+
+
+@dataclass(frozen=True)
+class Rule:
+    """An order rule: ``other`` must stand on the named side of the technique, for the reason given."""
+
+    other: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Technique:
+    name: str
+    text: str  # what calibration.md says the step does
+    adapter: Step | None  # None only for 'auto', which the quantize entry point runs as a search
+    options: tuple[str | None, ...] = (None,)  # None: the step may be named without an option
+    after: tuple[Rule, ...] = ()  # steps that must come earlier (when both are listed)
+    before: tuple[Rule, ...] = ()  # steps that must come later; listed as required when the step is
+    excludes: tuple[Rule, ...] = ()
+    required: bool = False  # every list (but 'auto') holds this step exactly once
+    alone: bool = False  # the step is the whole list
+
+
+TRANSFORM_ORDER = (Rule("fold_bn", "it transforms the folded float model"),)
+TRANSFORM_BEFORE = (Rule("profile", "the encodings must see the transformed model"),)
+
+TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
+    Technique("fold_bn", "batch-norm folding into the preceding convolution", step_fold_bn, required=True,
+              before=(Rule("profile", "int8 layers cannot hold a BatchNormalization"),)),
+    Technique("relu6_to_relu", "ReLU6 replaced by ReLU (as in the data-free quantization paper)", step_relu6_to_relu,
+              after=TRANSFORM_ORDER, before=TRANSFORM_BEFORE),
+    # None: exact. The _fused forms keep ReLU6 exact within the int8 clamp (calibration/transforms/cle/).
+    Technique("cle", "cross-layer equalization", step_cle,
+              options=(None, "exact", "skip_relu6", "iterate", "activation_aware", "fused", "activation_aware_fused"),
+              after=TRANSFORM_ORDER, before=TRANSFORM_BEFORE),
+    Technique("high_bias_absorption", "high-bias absorption", step_high_bias_absorption,
+              after=TRANSFORM_ORDER, before=TRANSFORM_BEFORE),
+    Technique("profile", "activation profiling on the calibration images (running min/max and histograms)",
+              step_profile, required=True),
+    Technique("bias_correction", "bias correction", step_bias_correction, options=(None, "empirical", "analytical"),
+              after=(Rule("profile", "it corrects against the encodings"),)),
+    Technique("gptq", "GPTQ weight rounding (int8 weights chosen against the calibration images' input statistics; "
+              "no training)", step_gptq, options=(None, "act_order"),
+              after=(Rule("profile", "it fits the weights to the quantized activations"),),
+              excludes=(Rule("bias_correction", "both correct the weights' rounding error: choose one"),)),
+    Technique("auto", "the technique search (scored on the calibration images only)", None, alone=True),
+)}
+
+
+def check_option(step: TechniqueStep) -> None:
+    """An unknown technique or option is one ``WorkloadError`` naming where the step was written."""
+    where = step.where or "TECHNIQUES"
+    technique = TECHNIQUES.get(step.name)
+    if technique is None:
+        raise WorkloadError(f"{where}: unknown technique '{step.name}' (known: {', '.join(TECHNIQUES)})")
+    if step.option not in technique.options:
+        allowed = ", ".join(str(o) for o in technique.options if o is not None) or "none"
+        raise WorkloadError(f"{where}: technique '{step.name}' does not take option '{step.option}' "
+                            f"(options: {allowed})")
+
+
+def is_auto(steps: tuple[TechniqueStep, ...]) -> bool:
+    return any(TECHNIQUES[s.name].alone for s in steps if s.name in TECHNIQUES)
+
+
+def check_techniques(steps: tuple[TechniqueStep, ...]) -> None:
+    """Names, options and order of a technique list, checked before any work is done."""
+    if not steps:
+        raise WorkloadError("the technique list is empty")
+    for step in steps:
+        check_option(step)
+    names = [s.name for s in steps]
+    for name in names:
+        if TECHNIQUES[name].alone and len(names) != 1:
+            where = steps[0].where.rpartition("[")[0] or "TECHNIQUES"
+            raise WorkloadError(f"{where}: '{name}' picks the whole technique list; it cannot be combined with "
+                                "other steps")
+    if is_auto(steps):
+        return
+    for technique in TECHNIQUES.values():
+        if technique.required and names.count(technique.name) != 1:
+            raise CalibrationError(f"the technique list must contain '{technique.name}' exactly once")
+    for i, name in enumerate(names):
+        technique = TECHNIQUES[name]
+        for rule in technique.after:
+            if rule.other in names and names.index(rule.other) > i:
+                raise CalibrationError(f"'{name}' must come after '{rule.other}': {rule.why}")
+        for rule in technique.before:
+            if rule.other in names and names.index(rule.other) < i:
+                raise CalibrationError(f"'{name}' must come before '{rule.other}': {rule.why}")
+        for rule in technique.excludes:
+            if rule.other in names:
+                raise CalibrationError(f"'{name}' and '{rule.other}' {rule.why}")

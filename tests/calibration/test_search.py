@@ -1,0 +1,71 @@
+"""TECHNIQUES=auto: it scores candidates on calibration images only, never on labels, and keeps the best."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import calibration.evaluate
+import workload.dataset
+import workload.inputs
+import workload.preprocess
+from calibration.evaluate import top1_agreement
+from calibration.graph.session import make_session, run_batches
+from calibration.pipeline import held_out_agreement
+from calibration.steps.runner import write_int8
+from calibration.steps.search import plot_scores, search_techniques
+from calibration.steps.state import StepContext
+from calibration.steps.techniques import check_techniques
+from tests.builders import bn_model, config_with, images
+from workload.config import parse_technique, with_overrides
+from workload.errors import WorkloadError
+
+
+def forbid(*_args, **_kwargs):
+    raise AssertionError("the technique search touched evaluation labels")
+
+
+def test_auto_never_reads_labels_and_keeps_the_best(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setattr(workload.dataset.Dataset, "labels", property(forbid))
+    for name in ("read_val_map", "derive_val_map", "open_dataset", "workload_dataset", "load_tensors"):
+        monkeypatch.setattr(workload.preprocess if name == "load_tensors" else workload.dataset, name, forbid)
+    monkeypatch.setattr(calibration.evaluate, "accuracy", forbid)
+    data = images(48)
+    model = bn_model()
+    result = search_techniques(model, StepContext(config_with("auto"), data, False))
+
+    labels = [s.label for s in result.scores]
+    assert labels[:6] == ["none", "CLE", "CLE+BA", "CLE(act-aware)+BA", "CLE(act-aware,fused)", "ReLU6→ReLU+CLE+BA"]
+    stage_one = max(result.scores[:6], key=lambda s: s.key)
+    assert f"{stage_one.label}+BC(empirical)" in labels and f"{stage_one.label}+BC(analytical)" in labels
+    for stem in (stage_one.label, "CLE(act-aware,fused)"):
+        assert f"{stem}+GPTQ" in labels and f"{stem}+GPTQ(act-order)" in labels
+    assert len(labels) == len(set(labels))
+    assert result.best.key == max(s.key for s in result.scores)
+    # the kept state is the winner's: re-quantizing it reproduces the recorded score
+    reference = run_batches(make_session(model, optimize=True), data)
+    int8_model, _ = write_int8(result.state, per_channel=False)
+    assert top1_agreement(reference, run_batches(make_session(int8_model, optimize=True), data)) == pytest.approx(
+        result.best.agreement)
+    report = result.report()
+    assert report["chosen"] == result.best.label and len(report["candidates"]) == len(result.scores)
+    assert all(np.isfinite(c["agreement"]) for c in report["candidates"] if not c["error"])
+    plot_scores(result.scores, tmp_path / "search.png", "synthetic")
+    assert (tmp_path / "search.png").stat().st_size > 0
+
+
+def test_auto_must_stand_alone() -> None:
+    assert config_with("auto").calibration.techniques == (parse_technique("auto", "TECHNIQUES"),)
+    with pytest.raises(WorkloadError, match="cannot be combined"):
+        check_techniques(with_overrides(config_with("fold_bn,profile"), None, None, "fold_bn,auto,profile")
+                         .calibration.techniques)
+    with pytest.raises(WorkloadError, match="does not take option"):
+        check_techniques((parse_technique("auto:fast", "TECHNIQUES"),))
+
+
+def test_held_out_agreement_separates_calibration_images() -> None:
+    float_logits = np.eye(4)
+    int8_logits = np.eye(4)[[0, 1, 3, 3]]  # image 2 disagrees
+    split = held_out_agreement(float_logits, int8_logits, np.array([True, True, False, False]))
+    assert split == {"agreement_calibration": 1.0, "agreement_held_out": 0.5}
+    assert np.isnan(held_out_agreement(float_logits, int8_logits, np.ones(4, bool))["agreement_held_out"])
