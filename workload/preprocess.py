@@ -27,12 +27,16 @@ FINGERPRINT_BYTES = 64 * 1024
 FREE_MARGIN_BYTES = 64 * 2**20  # left free beside the cache, for the results written after it
 
 
-def truncation(data: bytes) -> str | None:
-    """Why an encoded image is cut short, or None. OpenCV decodes a truncated JPEG or PNG "successfully" (libjpeg
+def truncation(path: Path) -> str | None:
+    """Why an encoded image is cut short, or None. OpenCV's imread decodes a truncated JPEG "successfully" (libjpeg
     only prints "Premature end of JPEG file" and fills the rest in grey), so the end marker is checked here."""
-    if data[:2] == b"\xff\xd8" and not data.endswith(b"\xff\xd9"):
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        handle.seek(max(0, path.stat().st_size - 8))
+        tail = handle.read(8)
+    if head[:2] == b"\xff\xd8" and not tail.endswith(b"\xff\xd9"):
         return "truncated JPEG: no end-of-image marker"
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[-8:-4] != b"IEND":
+    if head == b"\x89PNG\r\n\x1a\n" and tail[:4] != b"IEND":
         return "truncated PNG: no IEND chunk"
     return None
 
@@ -41,11 +45,10 @@ def preprocess_image(path: Path, cfg: PreprocessConfig, allow_truncated: bool = 
     """Decode, resize the shorter side, centre-crop, scale and normalise to a CHW float32 tensor."""
     if not path.is_file():
         raise DataError(f"{path}: image not found")
-    data = path.read_bytes()
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise DataError(f"{path}: cannot decode image (corrupt or not an image)")
-    problem = truncation(data)
+    problem = truncation(path)
     if problem and not allow_truncated:
         raise DataError(f"{path}: {problem} (set dataset.allow_truncated_images: true to use it anyway)")
     if cfg.color == "rgb":
