@@ -93,7 +93,7 @@ def check_workload(config: WorkloadConfig, images: np.ndarray, labels: np.ndarra
     checkpoint = compare_checkpoints(load_state_dict(payload, model_cfg.checkpoint), reference_state)
 
     module = torch_reference(model_cfg.architecture, reference_state)
-    onnx_model = import_float_model(model_cfg, cache / "wheels", ROOT)
+    onnx_model = import_float_model(model_cfg, cache / "wheels", ROOT, config.preprocessing.crop)
     rng = np.random.default_rng(0)
     noise = rng.standard_normal((random_count, *images.shape[1:]), dtype=np.float32)
     inputs = {"images": images, "random": noise}

@@ -33,7 +33,7 @@ class WorkloadData:
 def load_workload_inputs(root: Path, name: str) -> WorkloadData:
     """Workload ``name``'s config, imported float model, and calibration and evaluation tensors."""
     config = load_workload(root / "workloads" / f"{name}.yaml")
-    float_model = import_float_model(config.model, root / "build" / "wheels", root)
+    float_model = import_float_model(config.model, root / "build" / "wheels", root, config.preprocessing.crop)
     dataset, calibration, evaluation = load_workload_data(config, root, show_progress=False)
     return WorkloadData(config, float_model, dataset, calibration, evaluation)
 

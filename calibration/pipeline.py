@@ -19,9 +19,9 @@ from calibration.quantize import quantize
 from calibration.source.importer import import_float_model
 from calibration.steps.search import plot_scores
 from workload.config import WorkloadConfig
-from workload.files import write_json
 from workload.inputs import load_workload_data
 from workload.paths import build_dir, wheel_cache
+from workload.result_set import ResultSet
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +44,25 @@ class CalibrationSummary:
     agreement_held_out: float = float("nan")  # on the others: what calibration (and bias correction) never saw
 
 
+REPORT = "calibration_report.json"
+
+
 def calibrate(config: WorkloadConfig, root: Path, show_progress: bool = True) -> CalibrationSummary:
-    """Import, transform, profile, quantize and evaluate one workload; writes build/<name>/."""
+    """Import, transform, profile, quantize and evaluate one workload; writes build/<name>/.
+
+    Every file of the calibration is staged and published together with the report, last (``ResultSet``): an
+    interrupted or failed run leaves the previous finished result as it was, or no finished result at all.
+    """
     out = build_dir(root, config.name)
-    out.mkdir(parents=True, exist_ok=True)
+    with ResultSet(out, REPORT) as result_set:
+        return _calibrate(config, root, out, result_set, show_progress)
+
+
+def _calibrate(config: WorkloadConfig, root: Path, out: Path, result_set: ResultSet,
+               show_progress: bool) -> CalibrationSummary:
     log.info("[1/5] importing the float model")
-    float_model = import_float_model(config.model, wheel_cache(root), root)
-    fp32_path = out / "model.fp32.onnx"
-    save_model(float_model, fp32_path)
+    float_model = import_float_model(config.model, wheel_cache(root), root, config.preprocessing.crop)
+    save_model(float_model, result_set.stage("model.fp32.onnx"))
 
     log.info("[2/5] loading images")
     dataset, calibration_images, evaluation_images = load_workload_data(config, root, show_progress)
@@ -63,14 +74,12 @@ def calibrate(config: WorkloadConfig, root: Path, show_progress: bool = True) ->
     state, int8_model, params = result.state, result.model, result.params
     calibration_seconds = time.perf_counter() - start
     if result.search is not None:
-        plot_scores(result.search.scores, out / "plots" / "technique_search.png",
+        plot_scores(result.search.scores, result_set.stage("plots/technique_search.png"),
                     f"{config.name}, {config.calibration.weights}: auto search on the calibration images")
 
     log.info("[4/5] writing the int8 model and encodings")
-    int8_path = out / "model.int8.onnx"
-    save_model(int8_model, int8_path)
-    encodings_path = out / "encodings.json"
-    export_aimet_encodings(state.activations, params, encodings_path)
+    save_model(int8_model, result_set.stage("model.int8.onnx"))
+    export_aimet_encodings(state.activations, params, result_set.stage("encodings.json"))
 
     log.info("[5/5] evaluating float and int8 on %d images", len(evaluation_images))
     float_logits = run_batches(make_session(float_model, optimize=True), evaluation_images)
@@ -79,8 +88,8 @@ def calibrate(config: WorkloadConfig, root: Path, show_progress: bool = True) ->
     float_acc: Accuracy = accuracy(float_logits, labels, config.model.label_offset)
     int8_acc: Accuracy = accuracy(int8_logits, labels, config.model.label_offset)
     summary = CalibrationSummary(
-        workload=config.name, fp32_model=fp32_path, int8_model=int8_path, encodings=encodings_path,
-        report=out / "calibration_report.json", float_top1=float_acc.top1, float_top5=float_acc.top5,
+        workload=config.name, fp32_model=out / "model.fp32.onnx", int8_model=out / "model.int8.onnx",
+        encodings=out / "encodings.json", report=out / REPORT, float_top1=float_acc.top1, float_top5=float_acc.top5,
         int8_top1=int8_acc.top1, int8_top5=int8_acc.top5, agreement=top1_agreement(float_logits, int8_logits),
         sqnr_db=sqnr_db(float_logits, int8_logits), images=len(evaluation_images),
         **held_out_agreement(float_logits, int8_logits, np.isin(dataset.names, dataset.calibration_names)),
@@ -94,9 +103,10 @@ def calibrate(config: WorkloadConfig, root: Path, show_progress: bool = True) ->
         **state.report,
         "evaluation": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(summary).items()},
     }
-    write_json(summary.report, report)
-    if "cle" in state.report:
-        plot_cle_weight_ranges(state.report["cle"]["depthwise_ranges"], out / "plots" / "cle_weight_ranges.png")
+    depthwise_ranges = state.report.get("cle", {}).get("depthwise_ranges")
+    if depthwise_ranges:
+        plot_cle_weight_ranges(depthwise_ranges, result_set.stage("plots/cle_weight_ranges.png"))
+    result_set.publish(report)
     return summary
 
 

@@ -186,8 +186,15 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a write outside workload.files (LoadGen's logs, the submission's copies)
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("interrupted: no partial result was kept", file=sys.stderr)
+        # Calibrations, runs and submissions publish only when finished (ResultSet, staging folders), and an
+        # unfinished calibration report is never taken as up to date, so the next command redoes what was cut.
+        print("interrupted: what this command had not finished was discarded (no result is left half-written)",
+              file=sys.stderr)
         return 130
 
 

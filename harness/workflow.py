@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 from pathlib import Path
 from typing import Any, Literal
 
-from calibration.pipeline import calibrate
+from calibration.pipeline import REPORT, calibrate
 from harness.loadgen.backend import OnnxRuntimeBackend
 from harness.loadgen.runner import RunSpec, run_scenario
 from harness.loadgen.scenarios import parse_mode, parse_profile, parse_scenario
@@ -17,36 +16,40 @@ from workload.config import WorkloadConfig
 from workload.errors import HarnessError
 from workload.inputs import load_workload_data
 from workload.paths import build_dir, results_root
+from workload.result_set import read_finished
 
 log = logging.getLogger(__name__)
 
 Precision = Literal["int8", "fp32"]
 
 
+def finished_report(config: WorkloadConfig, root: Path) -> dict[str, Any] | None:
+    """build/<name>/'s calibration report, only when finished and its model, encodings and plots are unchanged."""
+    return read_finished(build_dir(root, config.name), REPORT)
+
+
 def calibration_reference(config: WorkloadConfig, root: Path) -> dict[str, float]:
-    """Float and int8 top-1 as the calibrate command measured them (from calibration_report.json)."""
-    path = build_dir(root, config.name) / "calibration_report.json"
-    if not path.is_file():
-        return {}
-    evaluation = json.loads(path.read_text()).get("evaluation", {})
+    """Float and int8 top-1 as the calibrate command measured them (from the finished calibration_report.json)."""
+    evaluation = (finished_report(config, root) or {}).get("evaluation", {})
     return {k: float(evaluation[k]) for k in ("float_top1", "int8_top1") if k in evaluation}
 
 
-def calibrated_with(config: WorkloadConfig, root: Path) -> bool:
-    """Whether build/<name>/ was calibrated with the workload's current calibration settings."""
-    path = build_dir(root, config.name) / "calibration_report.json"
-    if not path.is_file():
+def calibrated_with(config: WorkloadConfig, root: Path, precision: Precision = "int8") -> bool:
+    """Whether build/<name>/ holds a finished calibration with the workload's current settings, whose files
+    (the ``precision`` model among them) still have the hashes its report recorded."""
+    report = finished_report(config, root)
+    if report is None or f"model.{precision}.onnx" not in report.get("files", {}):
         return False
     wanted = {**dataclasses.asdict(config.calibration),
               "techniques": [str(step) for step in config.calibration.techniques]}
-    recorded = json.loads(path.read_text()).get("calibration", {})
+    recorded = report.get("calibration", {})
     return all(recorded.get(k) == v for k, v in wanted.items() if k != "batch_size")  # batch size: speed only
 
 
 def ensure_model(config: WorkloadConfig, root: Path, precision: Precision) -> Path:
     """The model to run; calibrates first when it is missing or was built with other calibration settings."""
     path = build_dir(root, config.name) / f"model.{precision}.onnx"
-    if not path.is_file() or not calibrated_with(config, root):
+    if not calibrated_with(config, root, precision):
         log.info("%s is missing or stale: calibrating %s first", path, config.name)
         summary = calibrate(config, root)
         path = summary.int8_model if precision == "int8" else summary.fp32_model

@@ -90,3 +90,29 @@ def block_bn_state(name: str, channels: int, rng: np.random.Generator,
         f"{name}.running_mean": rng.normal(size=channels) * 0.1,
         f"{name}.running_var": rng.uniform(0.5, 2.0, channels),
     }
+
+
+TINY_CROP = 16
+
+
+def tiny_classifier(num_classes: int = 1000, crop: int = TINY_CROP, seed: int = 0) -> onnx.ModelProto:
+    """conv → ReLU → GAP → Gemm on [N, 3, crop, crop], output ``logits``: a seconds-long calibrate command."""
+    rng = np.random.default_rng(seed)
+    g = GraphBuilder("input", 3, crop, crop)
+    y = g.relu(g.conv("input", "c1", rng.normal(0, 0.3, (8, 3, 3, 3)), rng.normal(0, 0.1, 8)), "a1")
+    g.gemm(g.global_avg_pool_flat(y, "pool"), "fc", rng.normal(0, 0.3, (num_classes, 8)),
+           np.zeros(num_classes), out="logits")
+    return g.build("tiny", [("logits", num_classes)])
+
+
+def tiny_workload(model_path: str, images: str, num_classes: int = 1000, **calibration: object) -> WorkloadConfig:
+    """An onnx-file workload around ``tiny_classifier`` on a few sample images (labels from their file names)."""
+    from workload.config import workload_from_dict
+
+    return workload_from_dict({
+        "name": "tiny",
+        "model": {"source": "onnx-file", "path": model_path, "num_classes": num_classes},
+        "preprocessing": {"resize_shorter": TINY_CROP, "crop": TINY_CROP},
+        "dataset": {"images": images},
+        "calibration": {"techniques": ["fold_bn", "profile"], "batch_size": 2, **calibration},
+    }, "tiny.yaml")

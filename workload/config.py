@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from workload.errors import WorkloadError
+from workload.paths import check_name
 from workload.schema import bind, bind_value, read_yaml
 
 WeightGranularity = Literal["per-channel", "per-tensor"]
@@ -71,6 +72,7 @@ class DatasetConfig:
     images: str = "data/imagenet-samples"
     val_map: str = ""  # empty: derive labels from <wnid>_<name> file names
     calibration_list: str = ""  # empty: the images at even positions of the sorted file list
+    allow_truncated_images: bool = False  # a JPEG or PNG cut short is corrupt unless this says otherwise
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,8 @@ def parse_technique(entry: Any, where: str) -> TechniqueStep:
 
 
 def _check(config: WorkloadConfig, where: str) -> None:
+    check_name(config.name, f"{where}: name")  # build/<name>/ and results/<system>/<name>/ are folders
+    check_name(config.harness.system, f"{where}: harness.system")
     cal = config.calibration
     if cal.batch_size < 1:
         raise WorkloadError(f"{where}: calibration.batch_size must be at least 1")

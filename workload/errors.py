@@ -19,3 +19,7 @@ class CheckpointError(HarnessError):
 
 class CalibrationError(HarnessError):
     """The model cannot be calibrated (unsupported operator, missing input, ...)."""
+
+
+class OutputError(HarnessError):
+    """A result cannot be written: permission denied, read-only folder or full disk. The message names the path."""

@@ -18,11 +18,12 @@ def load_workload_data(config: WorkloadConfig, root: Path, show_progress: bool =
     ds = config.dataset
     dataset = workload_dataset(ds.images, ds.val_map, ds.calibration_list, config.model.num_classes, root)
     cache = cache_dir(root)
-    evaluation = load_tensors(dataset.folder, dataset.names, config.preprocessing, cache, show_progress)
+    allow = ds.allow_truncated_images
+    evaluation = load_tensors(dataset.folder, dataset.names, config.preprocessing, cache, show_progress, allow)
     position = {name: i for i, name in enumerate(dataset.names)}
     if all(name in position for name in dataset.calibration_names):
         calibration = evaluation[[position[n] for n in dataset.calibration_names]]
     else:
         calibration = load_tensors(dataset.folder, dataset.calibration_names, config.preprocessing, cache,
-                                   show_progress)
+                                   show_progress, allow)
     return dataset, calibration, evaluation

@@ -37,6 +37,10 @@ def bind_value(value: Any, annotation: Any, where: str) -> Any:
         if len(value) != len(args):
             raise WorkloadError(f"{where}: must have {len(args)} entries, got {len(value)}")
         return tuple(bind_value(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise WorkloadError(f"{where}: must be true or false, got {value!r}")
+        return value
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise WorkloadError(f"{where}: must be a number, got {value!r}")

@@ -28,6 +28,7 @@ from harness.loadgen.scenarios import DurationProfile, parse_mode, parse_scenari
 from workload.config import HarnessConfig
 from workload.errors import HarnessError
 from workload.files import write_json
+from workload.paths import check_name, inside
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,8 @@ class RunSpec:
 
 
 def result_dir(results_root: Path, system: str, workload: str, scenario: str, mode: str) -> Path:
-    base = results_root / system / workload / scenario
-    return base / "accuracy" if mode == "accuracy" else base / "performance" / "run_1"
+    base = results_root / check_name(system, "system name") / check_name(workload, "workload name") / scenario
+    return inside(results_root, base / "accuracy" if mode == "accuracy" else base / "performance" / "run_1")
 
 
 def read_detail_log(path: Path) -> dict[str, Any]:

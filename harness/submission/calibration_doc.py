@@ -11,6 +11,7 @@ from calibration.stats.ranges import RANGE_TEXT
 from calibration.steps.techniques import TECHNIQUES
 from harness.submission.config import SubmissionError
 from workload.config import WorkloadConfig
+from workload.result_set import read_finished
 
 
 @dataclass(frozen=True)
@@ -21,12 +22,16 @@ class CalibratedWorkload:
 
 
 def read_report(path: Path) -> dict[str, Any] | None:
+    """A finished calibration report (its files unchanged since), or None: never calibrated, or interrupted."""
     if not path.is_file():
         return None
     try:
-        report = json.loads(path.read_text())
+        json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise SubmissionError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from err
+    report = read_finished(path.parent, path.name)
+    if report is None:
+        return None
     if not isinstance(report.get("calibration"), dict) or not isinstance(report.get("evaluation"), dict):
         raise SubmissionError(f"{path}: lacks the 'calibration' and 'evaluation' sections")
     return report

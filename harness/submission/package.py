@@ -40,7 +40,7 @@ from harness.workflow import ensure_model, run_workload
 from workload.config import WorkloadConfig
 from workload.files import sha256_of
 from workload.inputs import load_workload_data
-from workload.paths import build_dir, results_root
+from workload.paths import build_dir, inside, results_root
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +217,7 @@ def package(request: PackageRequest) -> Path:
     try:
         org, backup = staging / "tree", staging / "backup"
         config, root = request.config, request.root
+        ensure_model(config, root, "int8")  # first: the reports read below describe this calibration, if it runs
         documented = [CalibratedWorkload(w, read_report(p), p.relative_to(root)) for w in request.documented
                       for p in [build_dir(root, w.name) / "calibration_report.json"]]
         write_org_files(org, config.harness.system, request.machine, cfg, documented, root)
@@ -226,7 +227,7 @@ def package(request: PackageRequest) -> Path:
             runs = ensure_runs(request, scenario)
             assemble_scenario(config, request.profile, runs, compliance_request(request, scenario), report,
                               org / relative / scenario, backup / relative / scenario)
-        final = sub / cfg.division / cfg.submitter
+        final = inside(sub, sub / cfg.division / cfg.submitter)
         publish(backup, sub / "accuracy-backup" / cfg.division / cfg.submitter)
         publish(org, final)
     finally:

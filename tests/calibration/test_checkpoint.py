@@ -171,3 +171,38 @@ def test_corrupt_checkpoint_is_one_clear_error(tmp_path: Path) -> None:
     path.write_bytes(b"\x80\x02not a pickle at all")
     with pytest.raises(CheckpointError, match="broken.pth"):
         load_state_dict(path)
+
+
+def write_layout(path: Path, fake, shape: tuple, stride: tuple, offset: int = 0, numel: int = 16) -> None:
+    """A legacy checkpoint with one tensor of the given layout on a float storage of ``numel`` elements."""
+    storage = _FakeStorage("0", np.arange(numel, dtype=np.float32))
+    buffer = io.BytesIO()
+    for header in (LEGACY_MAGIC, LEGACY_PROTOCOL, {"little_endian": True}):
+        pickle.dump(header, buffer, protocol=2)
+    _pickler(buffer, fake, []).dump(OrderedDict([("w", _Tensor(fake, storage, shape, stride, offset))]))
+    pickle.dump(["0"], buffer, protocol=2)
+    buffer.write(struct.pack("<q", numel) + storage.data.tobytes())
+    path.write_bytes(buffer.getvalue())
+
+
+@pytest.mark.parametrize(("shape", "stride", "offset", "message"), [
+    ((4, 4), (4, -1), 0, "negative offset, size or stride"),  # was a segfault: as_strided read before the buffer
+    ((4,), (1,), -8, "negative offset, size or stride"),  # was loaded silently from memory before the storage
+    ((100000, 100000), (0, 0), 0, "would take 40000000000 bytes"),  # was an attempt to allocate 37.3 GiB
+    ((4, 4), (4, 1), 1, "reaches element 16, past the storage's 16 elements"),
+    ((4, 4), (4,), 0, "malformed layout"),
+    ((4, 4.5), (4, 1), 0, "malformed layout"),
+])
+def test_malicious_tensor_layouts_are_refused_before_any_view(tmp_path: Path, fake_torch, shape, stride, offset,
+                                                              message) -> None:
+    path = tmp_path / "layout.pth"
+    write_layout(path, fake_torch, shape, stride, offset)
+    with pytest.raises(CheckpointError, match=message) as caught:
+        load_state_dict(path)
+    assert "layout.pth" in str(caught.value)
+
+
+def test_a_valid_expanded_view_inside_the_budget_still_loads(tmp_path: Path, fake_torch) -> None:
+    path = tmp_path / "expanded.pth"
+    write_layout(path, fake_torch, (3, 4), (0, 1))  # a broadcast row: stride 0 is legal when the copy is small
+    assert np.array_equal(load_state_dict(path)["w"], np.tile(np.arange(4, dtype=np.float32), (3, 1)))

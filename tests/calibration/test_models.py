@@ -27,7 +27,7 @@ FLOORS = {"mobilenetv2": (0.836, 0.955), "efficientnet-lite0": (0.878, 0.965)}
 @pytest.mark.parametrize("name", sorted(FLOORS))
 def test_float_model_top1_floor(name: str, sample_images: Path, wheel_cache: Path) -> None:
     config = load_workload(ROOT / "workloads" / f"{name}.yaml")
-    model = import_float_model(config.model, wheel_cache, ROOT)
+    model = import_float_model(config.model, wheel_cache, ROOT, config.preprocessing.crop)
     assert any(n.op_type == "BatchNormalization" for n in model.graph.node)  # kept for later steps
     from dataclasses import replace
 

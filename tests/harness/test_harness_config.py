@@ -93,17 +93,18 @@ def test_user_conf_layers_over_mlperf_conf_in_every_run(tmp_path: Path) -> None:
 
 def test_run_recalibrates_when_the_build_used_other_settings(tmp_path: Path) -> None:
     import dataclasses
-    import json
 
     from harness.workflow import calibrated_with
     from workload.config import with_overrides
+    from workload.result_set import ResultSet
 
     config = workload_from_dict(workload_dict(), "w.yaml")
     assert not calibrated_with(config, tmp_path)  # nothing built yet
-    report = tmp_path / "build" / config.name / "calibration_report.json"
-    report.parent.mkdir(parents=True)
     recorded = {**dataclasses.asdict(config.calibration), "batch_size": 999,
                 "techniques": [str(s) for s in config.calibration.techniques]}
-    report.write_text(json.dumps({"calibration": recorded}))
+    result = ResultSet(tmp_path / "build" / config.name, "calibration_report.json")
+    result.stage("model.int8.onnx").write_bytes(b"int8 model")
+    result.publish({"calibration": recorded})
     assert calibrated_with(config, tmp_path)
+    assert not calibrated_with(config, tmp_path, "fp32")  # that model is not part of the result
     assert not calibrated_with(with_overrides(config, weights="per-tensor"), tmp_path)

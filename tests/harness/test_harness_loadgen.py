@@ -82,6 +82,22 @@ def test_failed_inference_fails_the_run_and_keeps_nothing(tmp_path: Path) -> Non
     assert list(scenario_dir.iterdir()) == []
 
 
+# Calls the speed measurement makes before LoadGen starts (one warm-up, then 30 or 10 runs: isolated.measure).
+MEASUREMENT_CALLS = {"SingleStream": 31, "MultiStream": 11}
+
+
+@pytest.mark.parametrize("scenario", sorted(MEASUREMENT_CALLS))
+def test_inference_failing_part_way_through_a_performance_run_publishes_nothing(tmp_path: Path,
+                                                                                 scenario: str) -> None:
+    """Issue 17: 99 of LoadGen's queries are answered and the 100th raises inside the SUT (one call a query)."""
+    backend = functools.partial(FailingBackend, good_calls=MEASUREMENT_CALLS[scenario] + 99)
+    with pytest.raises(InferenceFailed, match=f"{scenario} performance run failed: inference raised "
+                                              "RuntimeError: simulated kernel failure"):
+        run_scenario(spec(tmp_path, scenario, "performance", backend))
+    scenario_dir = tmp_path / "results" / "test" / "fake" / scenario
+    assert [p for p in scenario_dir.rglob("*") if p.is_file() or p.name.startswith(".")] == []  # no result at all
+
+
 def test_setup_error_is_reported(tmp_path: Path) -> None:
     with pytest.raises(HarnessError, match="No such file"):
         run_scenario(spec(tmp_path, "Offline", "performance", OracleBackend, tensors_path=tmp_path / "none.npy"))

@@ -156,3 +156,42 @@ def test_changed_seed_is_caught(golden: Path, tmp_path: Path) -> None:
                                                  '"effective_qsl_rng_seed", "value": 1', 1))
     assert defects(sub) == [f"{SCENARIO}/TEST04/performance/run_1/mlperf_log_detail.txt: qsl_rng_seed is 1, "
                             "the rules fix it to 2085463073848966840"]
+
+
+def test_a_submission_that_calibrates_first_reads_that_calibrations_report(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 17 case 11: on a fresh clone the report was read before the calibration the same command ran, so every
+    measurements.json lacked accuracy_target. The calibration and the runs are stand-ins here; the order is real."""
+    import harness.submission.package as package_module
+    from harness.submission.package import PackageRequest, measurements, package
+    from workload.result_set import ResultSet
+
+    config = load_workload(ROOT / "workloads" / "mobilenetv2.yaml")
+    calibrations: list[Path] = []
+
+    def ensure_model(cfg, root: Path, _precision: str) -> Path:
+        folder = root / "build" / cfg.name
+        if not calibrations:  # nothing built yet: this call calibrates, as on a fresh clone
+            result = ResultSet(folder, "calibration_report.json")
+            result.stage("model.int8.onnx").write_bytes(b"int8")
+            result.publish(REPORT)
+            calibrations.append(folder)
+        return folder / "model.int8.onnx"
+
+    reports: list = []
+
+    def assemble(_cfg, _profile, _runs, _base, report, target: Path, backup: Path) -> None:
+        reports.append(report)
+        target.mkdir(parents=True)
+        backup.mkdir(parents=True)
+
+    monkeypatch.setattr(package_module, "ensure_model", ensure_model)
+    monkeypatch.setattr(package_module, "ensure_runs", lambda _request, _scenario: {})
+    monkeypatch.setattr(package_module, "compliance_request", lambda _request, _scenario: None)
+    monkeypatch.setattr(package_module, "assemble_scenario", assemble)
+    monkeypatch.setattr(package_module, "snapshot_sources", lambda _root, target: target.mkdir(parents=True))
+    package(PackageRequest(config, tmp_path, "smoke", ("Offline", "SingleStream"), SubmissionConfig(submitter="T"),
+                           read_machine(), (config,)))
+    assert len(calibrations) == 1 and len(reports) == 2
+    for report in reports:
+        assert measurements(config, report)["accuracy_target"]["threshold_top1_percent"] == pytest.approx(79.2)
