@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +46,27 @@ class CalibrationSummary:
     agreement_held_out: float = float("nan")  # on the others: what calibration (and bias correction) never saw
 
 
-def calibrate(config: WorkloadConfig, root: Path, show_progress: bool = True) -> CalibrationSummary:
+@dataclass(frozen=True)
+class Evaluated:
+    """What one calibration wrote and measured, handed to the caller's evaluations on other targets."""
+
+    out: Path  # the folder the calibration's files go to
+    int8_model: Path
+    encodings: Path
+    images: np.ndarray  # the evaluation images, in dataset order
+    labels: np.ndarray
+    label_offset: int
+    float_logits: np.ndarray
+    int8_logits: np.ndarray
+
+
+# An evaluation on another target (the QNN HTP, from harness/): it writes its files into ``out`` and returns the
+# sections it adds to calibration_report.json. Passed in, so that this command never imports the harness.
+TargetEvaluation = Callable[[Evaluated], dict[str, Any]]
+
+
+def calibrate(config: WorkloadConfig, root: Path, show_progress: bool = True,
+              targets: Sequence[TargetEvaluation] = ()) -> CalibrationSummary:
     """Import, transform, profile, quantize and evaluate one workload; writes build/<name>/."""
     out = build_dir(root, config.name)
     out.mkdir(parents=True, exist_ok=True)
@@ -70,7 +92,7 @@ def calibrate(config: WorkloadConfig, root: Path, show_progress: bool = True) ->
     int8_path = out / "model.int8.onnx"
     save_model(int8_model, int8_path)
     encodings_path = out / "encodings.json"
-    export_aimet_encodings(state.activations, params, encodings_path)
+    export_aimet_encodings({**state.activations, **state.outputs}, params, encodings_path)
 
     log.info("[5/5] evaluating float and int8 on %d images", len(evaluation_images))
     float_logits = run_batches(make_session(float_model, optimize=True), evaluation_images)
@@ -94,6 +116,10 @@ def calibrate(config: WorkloadConfig, root: Path, show_progress: bool = True) ->
         **state.report,
         "evaluation": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(summary).items()},
     }
+    evaluated = Evaluated(out, int8_path, encodings_path, evaluation_images, labels, config.model.label_offset,
+                          float_logits, int8_logits)
+    for target in targets:
+        report.update(target(evaluated))
     write_json(summary.report, report)
     if "cle" in state.report:
         plot_cle_weight_ranges(state.report["cle"]["depthwise_ranges"], out / "plots" / "cle_weight_ranges.png")

@@ -1,4 +1,5 @@
-"""``make run``: make sure the model exists (calibrating if needed), then run LoadGen per mode."""
+"""``make calibrate`` and ``make run``: calibrate (with the HTP evaluation when the backend is qnn-htp), make sure
+the model exists (calibrating if needed), then run LoadGen per mode on the chosen backend."""
 
 from __future__ import annotations
 
@@ -6,13 +7,14 @@ import dataclasses
 import functools
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from calibration.pipeline import calibrate
-from harness.loadgen.backend import OnnxRuntimeBackend
+from calibration.pipeline import CalibrationSummary, calibrate
+from harness.loadgen.backend import Backend, OnnxRuntimeBackend
 from harness.loadgen.runner import RunSpec, run_scenario
-from harness.loadgen.scenarios import parse_mode, parse_profile, parse_scenario
+from harness.loadgen.scenarios import EMULATOR_SMOKE, parse_mode, parse_profile, parse_scenario
 from workload.config import WorkloadConfig
 from workload.errors import HarnessError
 from workload.inputs import load_workload_data
@@ -21,6 +23,19 @@ from workload.paths import build_dir, results_root
 log = logging.getLogger(__name__)
 
 Precision = Literal["int8", "fp32"]
+EMULATOR_SMOKE_SAMPLES = 64  # accuracy runs of the smoke profile on the HTP emulator: the first 64 images
+
+
+def calibrate_workload(config: WorkloadConfig, root: Path, eval_limit: int | None = None, show_progress: bool = True
+                       ) -> tuple[CalibrationSummary, Any]:
+    """The calibrate command; with ``harness.backend: qnn-htp`` also the HTP form, context model and HTP figures
+    (returned second, else None)."""
+    if config.harness.backend != "qnn-htp":
+        return calibrate(config, root, show_progress), None
+    from harness.htp_target import HtpTarget
+
+    target = HtpTarget(config.harness.qnn, eval_limit, show_progress)
+    return calibrate(config, root, show_progress, targets=[target]), target.result
 
 
 def calibration_reference(config: WorkloadConfig, root: Path) -> dict[str, float]:
@@ -43,33 +58,65 @@ def calibrated_with(config: WorkloadConfig, root: Path) -> bool:
     return all(recorded.get(k) == v for k, v in wanted.items() if k != "batch_size")  # batch size: speed only
 
 
-def ensure_model(config: WorkloadConfig, root: Path, precision: Precision) -> Path:
-    """The model to run; calibrates first when it is missing or was built with other calibration settings."""
-    path = build_dir(root, config.name) / f"model.{precision}.onnx"
-    if not path.is_file() or not calibrated_with(config, root):
+def has_htp_section(config: WorkloadConfig, root: Path) -> bool:
+    path = build_dir(root, config.name) / "calibration_report.json"
+    return path.is_file() and json.loads(path.read_text()).get("htp", {}).get("qnn") == dataclasses.asdict(
+        config.harness.qnn)
+
+
+def ensure_model(config: WorkloadConfig, root: Path, precision: Precision, eval_limit: int | None = None) -> Path:
+    """The model to run; calibrates first when it is missing or was built with other calibration settings.
+    On the HTP it is the EPContext model (what a device loads), built with the workload's QNN options."""
+    htp = config.harness.backend == "qnn-htp"
+    name = "model.int8.qnn_ctx.onnx" if htp else f"model.{precision}.onnx"
+    path = build_dir(root, config.name) / name
+    if not path.is_file() or not calibrated_with(config, root) or (htp and not has_htp_section(config, root)):
         log.info("%s is missing or stale: calibrating %s first", path, config.name)
-        summary = calibrate(config, root)
-        path = summary.int8_model if precision == "int8" else summary.fp32_model
+        summary, _ = calibrate_workload(config, root, eval_limit)
+        if not htp:
+            path = summary.int8_model if precision == "int8" else summary.fp32_model
     return path
 
 
+def backend_factory(config: WorkloadConfig, model_path: Path) -> Callable[[], Backend]:
+    if config.harness.backend == "qnn-htp":
+        from harness.loadgen.qnn import QnnHtpBackend
+
+        return functools.partial(QnnHtpBackend, model_path, config.harness, config.model.output_name)
+    return functools.partial(OnnxRuntimeBackend, model_path, config.harness, config.model.output_name)
+
+
 def run_workload(config: WorkloadConfig, root: Path, scenario: str, mode: str, profile: str,
-                 precision: Precision = "int8") -> list[dict[str, Any]]:
-    """Run ``scenario`` in each requested mode; results go under ``root/results``."""
+                 precision: Precision = "int8", eval_limit: int | None = None) -> list[dict[str, Any]]:
+    """Run ``scenario`` in each requested mode; results go under ``root/results``.
+
+    On the HTP emulator the results go under the QNN system name, the smoke profile runs fewer queries
+    (``smoke-emulator``) and the first ``eval_limit`` images (64 in the smoke profile), and every summary says
+    that the latency is the emulator's."""
     scenario = parse_scenario(scenario)
     modes = parse_mode(mode)
     duration = parse_profile(profile)
     if precision not in ("int8", "fp32"):
         raise HarnessError(f"unknown precision '{precision}' (known: int8, fp32)")
-    model_path = ensure_model(config, root, precision)
+    htp = config.harness.backend == "qnn-htp"
+    if htp and precision != "int8":
+        raise HarnessError("the qnn-htp backend runs the int8 model only (use --precision int8)")
+    model_path = ensure_model(config, root, precision, eval_limit)
     dataset, _, evaluation = load_workload_data(config, root)
     reference = calibration_reference(config, root)
-    factory = functools.partial(OnnxRuntimeBackend, model_path, config.harness, config.model.output_name)
+    factory = backend_factory(config, model_path)
+    harness, note, sample_count = config.harness, "", None
+    if htp:
+        from harness.loadgen.qnn import EMULATOR_NOTE
+
+        harness, note = dataclasses.replace(config.harness, system=config.harness.qnn.system), EMULATOR_NOTE
+        duration = EMULATOR_SMOKE if duration.name == "smoke" else duration
+        sample_count = eval_limit or (EMULATOR_SMOKE_SAMPLES if duration is EMULATOR_SMOKE else None)
     summaries = []
     for each in modes:
         spec = RunSpec(
             workload=config.name if precision == "int8" else f"{config.name}-fp32",
-            scenario=scenario, mode=each, profile=duration, harness=config.harness,
+            scenario=scenario, mode=each, profile=duration, harness=harness, sample_count=sample_count, note=note,
             tensors_path=Path(evaluation.filename), labels=dataset.labels, label_offset=config.model.label_offset,
             backend_factory=factory, results_root=results_root(root), model=str(model_path.relative_to(root)),
             reference_top1=reference.get("float_top1"), target_ratio=config.accuracy.target_ratio,
@@ -83,7 +130,7 @@ def describe(summary: dict[str, Any]) -> str:
     head = f"{summary['workload']} {summary['scenario']} {summary['mode']}:"
     if summary["mode"] == "accuracy":
         acc = summary["accuracy"]
-        text = f"{head} {acc['mlperf_line']}"
+        text = f"{head} {acc['mlperf_line']}" + (f" [{summary['note']}]" if summary.get("note") else "")
         if acc.get("reference_top1"):
             verdict = "meets" if acc["meets_target"] else "MISSES"
             text += (f" ({100 * acc['ratio']:.2f}% of float top-1 {100 * acc['reference_top1']:.2f}%, "
@@ -94,4 +141,5 @@ def describe(summary: dict[str, Any]) -> str:
     if "samples_per_s" in perf:
         figures.append(f"{perf['samples_per_s']:.1f} samples/s")
     figures.append(f"p90 {perf['p90_ms']:.2f} ms, p99 {perf['p99_ms']:.2f} ms")
-    return f"{head} {', '.join(figures)}"
+    tail = f" [{summary['note']}]" if summary.get("note") else ""
+    return f"{head} {', '.join(figures)}{tail}"
