@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 QNN_MODEL = "model.int8.qnn.onnx"
 CONTEXT_MODEL = "model.int8.qnn_ctx.onnx"
+HTP_FILES = (QNN_MODEL, CONTEXT_MODEL, "plots/htp_parity.png")
 PARITY_IMAGES = 4  # per-tensor parity: the emulator takes about a second an image
 
 

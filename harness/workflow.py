@@ -30,9 +30,14 @@ def calibrate_workload(config: WorkloadConfig, root: Path, eval_limit: int | Non
                        ) -> tuple[CalibrationSummary, Any]:
     """The calibrate command; with ``harness.backend: qnn-htp`` also the HTP form, context model and HTP figures
     (returned second, else None)."""
+    from harness.htp_target import HTP_FILES, HtpTarget
+
     if config.harness.backend != "qnn-htp":
+        for stale in (build_dir(root, config.name) / name for name in HTP_FILES):
+            if stale.is_file():  # from an earlier HTP calibration: it would not match the new encodings
+                log.info("removing %s: this calibration has no HTP evaluation", stale)
+                stale.unlink()
         return calibrate(config, root, show_progress), None
-    from harness.htp_target import HtpTarget
 
     target = HtpTarget(config.harness.qnn, eval_limit, show_progress)
     return calibrate(config, root, show_progress, targets=[target]), target.result
@@ -45,6 +50,15 @@ def calibration_reference(config: WorkloadConfig, root: Path) -> dict[str, float
         return {}
     evaluation = json.loads(path.read_text()).get("evaluation", {})
     return {k: float(evaluation[k]) for k in ("float_top1", "int8_top1") if k in evaluation}
+
+
+def htp_reference(config: WorkloadConfig, root: Path, images: int) -> dict[str, float]:
+    """Float and HTP int8 top-1 on the first ``images`` images, when the HTP evaluation used exactly those."""
+    path = build_dir(root, config.name) / "calibration_report.json"
+    htp = json.loads(path.read_text()).get("htp", {}) if path.is_file() else {}
+    if htp.get("images") != images:
+        return {}
+    return {"float_top1": htp["figures"]["float_top1"], "int8_top1": htp["figures"]["htp_int8_top1"]}
 
 
 def calibrated_with(config: WorkloadConfig, root: Path) -> bool:
@@ -101,10 +115,6 @@ def run_workload(config: WorkloadConfig, root: Path, scenario: str, mode: str, p
     htp = config.harness.backend == "qnn-htp"
     if htp and precision != "int8":
         raise HarnessError("the qnn-htp backend runs the int8 model only (use --precision int8)")
-    model_path = ensure_model(config, root, precision, eval_limit)
-    dataset, _, evaluation = load_workload_data(config, root)
-    reference = calibration_reference(config, root)
-    factory = backend_factory(config, model_path)
     harness, note, sample_count = config.harness, "", None
     if htp:
         from harness.loadgen.qnn import EMULATOR_NOTE
@@ -112,6 +122,13 @@ def run_workload(config: WorkloadConfig, root: Path, scenario: str, mode: str, p
         harness, note = dataclasses.replace(config.harness, system=config.harness.qnn.system), EMULATOR_NOTE
         duration = EMULATOR_SMOKE if duration.name == "smoke" else duration
         sample_count = eval_limit or (EMULATOR_SMOKE_SAMPLES if duration is EMULATOR_SMOKE else None)
+    model_path = ensure_model(config, root, precision, sample_count)
+    dataset, _, evaluation = load_workload_data(config, root)
+    if htp:  # the reference figures must be on the same images as the run
+        reference = htp_reference(config, root, sample_count or len(dataset.labels))
+    else:
+        reference = calibration_reference(config, root)
+    factory = backend_factory(config, model_path)
     summaries = []
     for each in modes:
         spec = RunSpec(
