@@ -91,7 +91,8 @@ class HtpTarget:
                 htp_logits = run_on(session, images, self.show_progress, "HTP int8 (emulator)")
                 parity = measure_parity(partial, self.cfg, images[:PARITY_IMAGES])
                 plot_parity(parity, run.out / "plots" / "htp_parity.png",
-                            f"{run.out.name}: quantized tensors, CPU int8 vs HTP int8 ({EMULATOR_NOTE})")
+                            f"{run.out.name}: each quantized tensor, ONNX Runtime CPU int8 vs QNN HTP int8 (x86 "
+                            f"emulator), {min(PARITY_IMAGES, count)} images")
                 os.replace(partial_context, context_path)
             finally:
                 partial_context.unlink(missing_ok=True)

@@ -119,7 +119,9 @@ def run_workload(config: WorkloadConfig, root: Path, scenario: str, mode: str, p
     if htp:
         from harness.loadgen.qnn import EMULATOR_NOTE
 
-        harness, note = dataclasses.replace(config.harness, system=config.harness.qnn.system), EMULATOR_NOTE
+        harness = dataclasses.replace(config.harness, system=config.harness.qnn.system,
+                                      providers=("QNNExecutionProvider",))
+        note = EMULATOR_NOTE
         duration = EMULATOR_SMOKE if duration.name == "smoke" else duration
         sample_count = eval_limit or (EMULATOR_SMOKE_SAMPLES if duration is EMULATOR_SMOKE else None)
     model_path = ensure_model(config, root, precision, sample_count)
