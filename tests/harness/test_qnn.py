@@ -24,7 +24,7 @@ from harness.loadgen.runner import RunSpec, result_dir, run_scenario
 from harness.loadgen.scenarios import DurationProfile
 from tests.builders import bn_model, config_with, images
 from workload.config import HarnessConfig, QnnConfig, workload_from_dict
-from workload.errors import WorkloadError
+from workload.errors import CalibrationError, WorkloadError
 from workload.files import save_array
 
 CFG = QnnConfig()
@@ -152,3 +152,40 @@ def test_provider_options_come_from_the_workload() -> None:
     options = qnn.provider_options(QnnConfig(htp_arch=73, soc_model=60, performance_mode="balanced"))
     assert options["htp_arch"] == "73" and options["soc_model"] == "60"
     assert options["htp_performance_mode"] == "balanced" and options["backend_path"].endswith("libQnnHtp.so")
+
+
+def test_htp_target_writes_its_files_together_and_reports_htp_figures(tmp_path: Path) -> None:
+    from calibration.pipeline import Evaluated
+    from harness.htp_target import CONTEXT_MODEL, QNN_MODEL, HtpTarget
+
+    result = quantize(bn_model(), config_with("fold_bn,profile", "per-tensor"), images(32), show_progress=False)
+    encodings = tmp_path / "encodings.json"
+    export_aimet_encodings({**result.state.activations, **result.state.outputs}, result.params, encodings)
+    save_model(result.model, tmp_path / "model.int8.onnx")
+    x = images(5)
+    cpu_logits = make_session(result.model).run(None, {"x": x})[0]
+    float_logits = make_session(bn_model()).run(None, {"x": x})[0]
+    run = Evaluated(tmp_path, tmp_path / "model.int8.onnx", encodings, x, float_logits.argmax(axis=1), 0,
+                    float_logits, cpu_logits)
+    target = HtpTarget(CFG, eval_limit=3, show_progress=False)
+    section = target(run)["htp"]
+    assert section["images"] == 3 and section["figures"]["float_top1"] == 1.0
+    assert "emulator" in section["note"] and section["models"] == [QNN_MODEL, CONTEXT_MODEL]
+    assert len(section["parity"]) == len(result.state.activations) + 1  # every activation, and the logits
+    assert {p.name for p in tmp_path.iterdir()} == {"encodings.json", "model.int8.onnx", QNN_MODEL, CONTEXT_MODEL,
+                                                   "plots"}
+
+
+def test_failed_htp_target_leaves_no_htp_file(tmp_path: Path) -> None:
+    from calibration.pipeline import Evaluated
+    from harness.htp_target import HtpTarget
+
+    result = quantize(bn_model(), config_with("fold_bn,profile", "per-tensor"), images(32), show_progress=False)
+    encodings = tmp_path / "encodings.json"
+    export_aimet_encodings(result.state.activations, result.params, encodings)  # no logits encoding
+    save_model(result.model, tmp_path / "model.int8.onnx")
+    x = images(2)
+    run = Evaluated(tmp_path, tmp_path / "model.int8.onnx", encodings, x, np.zeros(2, int), 0, x, x)
+    with pytest.raises(CalibrationError, match="no encoding"):
+        HtpTarget(CFG, show_progress=False)(run)
+    assert {p.name for p in tmp_path.iterdir()} == {"encodings.json", "model.int8.onnx"}
