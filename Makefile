@@ -5,6 +5,9 @@ PYTHON_SYS ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+# BACKEND=qnn-htp also installs the optional QNN extra (its own stamp: the default job never needs it).
+QNN_STAMP := $(VENV)/.installed-qnn-$(shell sha256sum pyproject.toml | cut -c1-12)
+SETUP := $(STAMP) $(if $(filter qnn-htp,$(BACKEND)),$(QNN_STAMP))
 
 WORKLOAD ?= mobilenetv2
 SCENARIO ?= Offline
@@ -17,9 +20,10 @@ MLPERF_CALIBRATION_DIR ?= $(wildcard $(abspath ../shared/data/mlperf-calibration
 export MLPERF_CALIBRATION_DIR
 
 OVERRIDES := $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(RANGE),--range $(RANGE)) \
-             $(if $(TECHNIQUES),--techniques $(TECHNIQUES))
+             $(if $(TECHNIQUES),--techniques $(TECHNIQUES)) $(if $(BACKEND),--backend $(BACKEND)) \
+             $(if $(EVAL_LIMIT),--eval-limit $(EVAL_LIMIT))
 
-.PHONY: venv data calibrate run results submission check-submission test lint bench-calibration bench-techniques bench-harness bench-noise-budget
+.PHONY: venv venv-qnn data calibrate run results submission check-submission test lint bench-calibration bench-techniques bench-harness bench-noise-budget bench-htp-fidelity
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -28,13 +32,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
+venv-qnn: $(QNN_STAMP)
+$(QNN_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,qnn]'
+	touch $@
+
 data: $(STAMP)
 	$(PY) -m harness.cli data
 
-calibrate: $(STAMP)
+calibrate: $(SETUP)
 	$(PY) -m harness.cli calibrate --workload $(WORKLOAD) $(OVERRIDES)
 
-run: $(STAMP)
+run: $(SETUP)
 	$(PY) -m harness.cli run --workload $(WORKLOAD) --scenario $(SCENARIO) --mode $(MODE) --profile $(PROFILE) $(OVERRIDES)
 
 results: $(STAMP)
@@ -61,6 +70,9 @@ bench-techniques: $(STAMP)
 
 bench-harness: $(STAMP)
 	$(PY) -m benchmarks.harness_overhead
+
+bench-htp-fidelity: $(QNN_STAMP)
+	$(PY) -m benchmarks.htp_fidelity $(if $(EVAL_LIMIT),--images $(EVAL_LIMIT))
 
 bench-noise-budget: $(STAMP)
 	$(PY) -m benchmarks.noise_budget --workload $(WORKLOAD) --weights $(or $(WEIGHTS),per-channel)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -47,19 +49,41 @@ class CalibrationSummary:
 REPORT = "calibration_report.json"
 
 
-def calibrate(config: WorkloadConfig, root: Path, show_progress: bool = True) -> CalibrationSummary:
-    """Import, transform, profile, quantize and evaluate one workload; writes build/<name>/.
+@dataclass(frozen=True)
+class Evaluated:
+    """What one calibration wrote and measured, handed to the caller's evaluations on other targets."""
+
+    out: Path  # the folder the calibration's files are published to
+    stage: Callable[[str], Path]  # where to write a further file of this result (published with it, or not at all)
+    int8_model: Path  # as staged
+    encodings: Path  # as staged
+    images: np.ndarray  # the evaluation images, in dataset order
+    labels: np.ndarray
+    label_offset: int
+    float_logits: np.ndarray
+    int8_logits: np.ndarray
+
+
+# An evaluation on another target (the QNN HTP, from harness/): it writes its files through ``stage`` and returns
+# the sections it adds to calibration_report.json. Passed in, so that this command never imports the harness.
+TargetEvaluation = Callable[[Evaluated], dict[str, Any]]
+
+
+def calibrate(config: WorkloadConfig, root: Path, show_progress: bool = True,
+              targets: Sequence[TargetEvaluation] = ()) -> CalibrationSummary:
+    """Import, transform, profile, quantize and evaluate one workload (and on each of ``targets``); writes
+    build/<name>/.
 
     Every file of the calibration is staged and published together with the report, last (``ResultSet``): an
     interrupted or failed run leaves the previous finished result as it was, or no finished result at all.
     """
     out = build_dir(root, config.name)
     with ResultSet(out, REPORT) as result_set:
-        return _calibrate(config, root, out, result_set, show_progress)
+        return _calibrate(config, root, out, result_set, show_progress, targets)
 
 
-def _calibrate(config: WorkloadConfig, root: Path, out: Path, result_set: ResultSet,
-               show_progress: bool) -> CalibrationSummary:
+def _calibrate(config: WorkloadConfig, root: Path, out: Path, result_set: ResultSet, show_progress: bool,
+               targets: Sequence[TargetEvaluation]) -> CalibrationSummary:
     log.info("[1/5] importing the float model")
     float_model = import_float_model(config.model, wheel_cache(root), root, config.preprocessing.crop)
     save_model(float_model, result_set.stage("model.fp32.onnx"))
@@ -78,8 +102,10 @@ def _calibrate(config: WorkloadConfig, root: Path, out: Path, result_set: Result
                     f"{config.name}, {config.calibration.weights}: auto search on the calibration images")
 
     log.info("[4/5] writing the int8 model and encodings")
-    save_model(int8_model, result_set.stage("model.int8.onnx"))
-    export_aimet_encodings(state.activations, params, result_set.stage("encodings.json"))
+    int8_path = result_set.stage("model.int8.onnx")
+    save_model(int8_model, int8_path)
+    encodings_path = result_set.stage("encodings.json")
+    export_aimet_encodings({**state.activations, **state.outputs}, params, encodings_path)
 
     log.info("[5/5] evaluating float and int8 on %d images", len(evaluation_images))
     float_logits = run_batches(make_session(float_model, optimize=True), evaluation_images)
@@ -106,6 +132,10 @@ def _calibrate(config: WorkloadConfig, root: Path, out: Path, result_set: Result
     depthwise_ranges = state.report.get("cle", {}).get("depthwise_ranges")
     if depthwise_ranges:
         plot_cle_weight_ranges(depthwise_ranges, result_set.stage("plots/cle_weight_ranges.png"))
+    evaluated = Evaluated(out, result_set.stage, int8_path, encodings_path, evaluation_images, labels,
+                          config.model.label_offset, float_logits, int8_logits)
+    for target in targets:
+        report.update(target(evaluated))
     result_set.publish(report)
     return summary
 

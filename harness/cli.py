@@ -14,7 +14,14 @@ from pathlib import Path
 
 from calibration.steps.techniques import check_techniques
 from harness.sample_data import fill_calibration_lists, fill_sample_images
-from workload.config import RANGE_METHODS, WEIGHT_GRANULARITIES, WorkloadConfig, load_workload, with_overrides
+from workload.config import (
+    BACKENDS,
+    RANGE_METHODS,
+    WEIGHT_GRANULARITIES,
+    WorkloadConfig,
+    load_workload,
+    with_overrides,
+)
 from workload.errors import HarnessError, WorkloadError
 from workload.paths import results_root
 
@@ -48,7 +55,7 @@ def samples_source() -> Path | None:
 def load_config(args: argparse.Namespace) -> WorkloadConfig:
     config = load_workload(resolve_workload(args.workload))
     config = with_overrides(config, getattr(args, "weights", None), getattr(args, "range", None),
-                            getattr(args, "techniques", None))
+                            getattr(args, "techniques", None), getattr(args, "backend", None))
     check_techniques(config.calibration.techniques)  # before any image is read
     if config.dataset.images == DEFAULT_SAMPLES and not (ROOT / DEFAULT_SAMPLES / "val_map.txt").is_file():
         fill_sample_images(ROOT / DEFAULT_SAMPLES, samples_source())
@@ -64,17 +71,23 @@ def cmd_data(_args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from calibration.pipeline import calibrate, format_summary
+    from calibration.pipeline import format_summary
+    from harness.workflow import calibrate_workload
 
-    summary = calibrate(load_config(args), ROOT)
+    summary, htp = calibrate_workload(load_config(args), ROOT, args.eval_limit)
     print(format_summary(summary))
+    if htp is not None:
+        from harness.htp_target import format_htp
+
+        print(format_htp(htp))
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.workflow import describe, run_workload
 
-    summaries = run_workload(load_config(args), ROOT, args.scenario, args.mode, args.profile, args.precision)
+    summaries = run_workload(load_config(args), ROOT, args.scenario, args.mode, args.profile, args.precision,
+                             args.eval_limit)
     for summary in summaries:
         print(describe(summary))
     invalid = [s["mode"] for s in summaries if s.get("performance", {}).get("validity", "VALID") != "VALID"]
@@ -150,6 +163,15 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--range", choices=RANGE_METHODS,
                         help="override the YAML's range method")
     parser.add_argument("--techniques", help="comma-separated technique list overriding the YAML")
+    parser.add_argument("--backend", choices=BACKENDS, help="override the YAML's harness.backend")
+    parser.add_argument("--eval-limit", type=positive_int, default=None,
+                        help="on the QNN HTP emulator (about 1 s an image), evaluate only the first N images")
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
 
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, bool]] = {

@@ -10,7 +10,7 @@ import pandas as pd
 from workload.files import write_atomic
 
 COLUMNS = ["system", "workload", "scenario", "mode", "profile", "validity", "samples_per_s", "p50_ms", "p90_ms",
-           "p99_ms", "early_stopping_latency_ms", "top1_pct", "float_top1_pct", "meets_target", "finished_utc"]
+           "p99_ms", "early_stopping_latency_ms", "top1_pct", "float_top1_pct", "meets_target", "finished_utc", "note"]
 
 
 def collect(results_root: Path) -> pd.DataFrame:
@@ -20,7 +20,8 @@ def collect(results_root: Path) -> pd.DataFrame:
         results_root.glob("*/*/*/performance/*/summary.json"))
     for path in (p for p in paths if not any(part.startswith(".") for part in p.relative_to(results_root).parts)):
         summary = json.loads(path.read_text())
-        row = {k: summary.get(k) for k in ("system", "workload", "scenario", "mode", "profile", "finished_utc")}
+        row = {k: summary.get(k) for k in ("system", "workload", "scenario", "mode", "profile", "finished_utc",
+                                                "note")}
         row.update({k: v for k, v in summary.get("performance", {}).items() if k in COLUMNS})
         accuracy = summary.get("accuracy")
         if accuracy:

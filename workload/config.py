@@ -94,11 +94,35 @@ class AccuracyConfig:
     target_ratio: float = 0.99
 
 
+Backend = Literal["onnxruntime", "qnn-htp"]
+BACKENDS: tuple[str, ...] = typing.get_args(Backend)
+# The values onnxruntime-qnn 2.7.0 accepts on the HTP emulator. QNN silently ignores unknown keys and only warns on
+# bad values, so the schema checks them. 0 keeps QNN's own default.
+HtpArch = Literal[0, 68, 69, 73, 75, 79, 81]
+HtpPerformanceMode = Literal["default", "burst", "sustained_high_performance", "high_performance", "balanced",
+                             "power_saver"]
+
+
+@dataclass(frozen=True)
+class QnnConfig:
+    """The QNN HTP backend (``harness.backend: qnn-htp``): Qualcomm's onnxruntime-qnn plugin, never with CPU
+    fallback. On x86 its HTP backend is an emulator: its results carry their own system name, and its latency is
+    the emulator's, not a device's."""
+
+    system: str = "qnn-htp-emulated"
+    htp_arch: HtpArch = 0  # HTP architecture version (v68 ... v81)
+    soc_model: int = 0  # Qualcomm SoC model number
+    performance_mode: HtpPerformanceMode = "burst"
+    batch: int = 1  # the static batch of model.int8.qnn.onnx; larger batches run as several calls
+
+
 @dataclass(frozen=True)
 class HarnessConfig:
     """How the LoadGen harness runs the model: system name, ONNX Runtime session and batching per scenario."""
 
     system: str = "cpu-onnxruntime"
+    backend: Backend = "onnxruntime"
+    qnn: QnnConfig = field(default_factory=QnnConfig)
     mlperf_model: str = "resnet50"  # the benchmark name whose mlperf.conf entries apply
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     intra_op_threads: int = 0  # 0: ONNX Runtime's default (one per core)
@@ -171,6 +195,8 @@ def _check_harness(h: HarnessConfig, where: str) -> None:
         raise WorkloadError(f"{where}: harness thread counts must be 0 (default) or positive")
     if not h.providers:
         raise WorkloadError(f"{where}: harness.providers must name at least one execution provider")
+    if h.qnn.batch < 1 or h.qnn.soc_model < 0 or not h.qnn.system:
+        raise WorkloadError(f"{where}: harness.qnn needs batch >= 1, soc_model >= 0 and a system name")
     if h.server_batch_timeout_ms < 0 or not 0 < h.server_load_factor <= 1:
         raise WorkloadError(f"{where}: harness needs server_batch_timeout_ms >= 0 and 0 < server_load_factor <= 1")
 
@@ -187,8 +213,11 @@ def load_workload(path: Path) -> WorkloadConfig:
 
 
 def with_overrides(config: WorkloadConfig, weights: str | None = None, range_method: str | None = None,
-                   techniques: str | None = None) -> WorkloadConfig:
-    """Apply the command line's WEIGHTS=, RANGE= and TECHNIQUES= on top of the YAML."""
+                   techniques: str | None = None, backend: str | None = None) -> WorkloadConfig:
+    """Apply the command line's WEIGHTS=, RANGE=, TECHNIQUES= and BACKEND= on top of the YAML."""
+    if backend:
+        harness = dataclasses.replace(config.harness, backend=bind_value(backend, Backend, "BACKEND"))
+        config = dataclasses.replace(config, harness=harness)
     cal = config.calibration
     changes: dict[str, Any] = {}
     if weights:

@@ -10,7 +10,7 @@ from onnx import helper, numpy_helper
 
 from calibration.graph.index import GraphIndex
 from calibration.graph.patterns import constant_min_bound
-from calibration.quant.encodings import Encoding, bias_encoding
+from calibration.quant.encodings import NUMPY_DTYPES, Encoding, bias_encoding
 
 
 def add_initializer(model: onnx.ModelProto, name: str, value: np.ndarray) -> str:
@@ -20,7 +20,7 @@ def add_initializer(model: onnx.ModelProto, name: str, value: np.ndarray) -> str
 
 def qdq_pair(model: onnx.ModelProto, tensor: str, encoding: Encoding) -> tuple[list[onnx.NodeProto], str]:
     scale = add_initializer(model, f"{tensor}.scale", encoding.scale.astype(np.float32))
-    zero = add_initializer(model, f"{tensor}.zero_point", encoding.zero_point.astype(np.uint8))
+    zero = add_initializer(model, f"{tensor}.zero_point", encoding.zero_point.astype(NUMPY_DTYPES[encoding.dtype]))
     quantized, dequantized = f"{tensor}.quantized", f"{tensor}.dequantized"
     nodes = [
         helper.make_node("QuantizeLinear", [tensor, scale, zero], [quantized], name=f"{tensor}.QuantizeLinear"),

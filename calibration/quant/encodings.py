@@ -17,6 +17,7 @@ QUANT_LIMITS: dict[str, tuple[int, int]] = {
     "int32": (-(2**31), 2**31 - 1),
 }
 NUMPY_DTYPES = {"uint8": np.uint8, "int8": np.int8, "int32": np.int32}
+BITS = {"uint8": 8, "int8": 8, "int32": 32}  # a wider activation dtype (uint16 on the HTP) is one entry in each table
 MIN_SCALE = np.float32(1e-8)
 
 

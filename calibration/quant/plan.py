@@ -32,6 +32,9 @@ class QuantPlan:
     fused: dict[str, tuple[str, float]] = field(default_factory=dict)  # activation node -> (out, clip max)
     weighted: list[str] = field(default_factory=list)  # weighted layer node names
     integer_min: dict[str, str] = field(default_factory=dict)  # Min node -> its input (a folded Relu's output)
+    # Graph outputs of quantized ops (the logits). The CPU model keeps them float; their encodings are profiled
+    # anyway, so that a target whose kernels need a quantized output (the QNN HTP) reads it from encodings.json.
+    outputs: list[str] = field(default_factory=list)
 
 
 def _fusable_upper_bound(node: onnx.NodeProto, index: GraphIndex) -> float | None:
@@ -73,6 +76,8 @@ def plan_quantization(model: onnx.ModelProto) -> QuantPlan:
             plan.fused[consumer.name] = (consumer.output[0], bound)
             absorbed.add(out)
             continue
-        if out not in outputs and out not in absorbed:
+        if out in outputs and out not in absorbed:
+            plan.outputs.append(out)
+        elif out not in absorbed:
             plan.activations.append(out)
     return plan

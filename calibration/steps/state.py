@@ -25,6 +25,7 @@ class PipelineState:
     plan: QuantPlan | None = None
     stats: dict[str, TensorStats] = field(default_factory=dict)
     activations: dict[str, Encoding] = field(default_factory=dict)
+    outputs: dict[str, Encoding] = field(default_factory=dict)  # the graph outputs' encodings (QuantPlan.outputs)
     report: dict[str, Any] = field(default_factory=dict)
 
 

@@ -33,19 +33,23 @@ def step_profile(state: PipelineState, ctx: StepContext, _option: str | None) ->
     cal = ctx.config.calibration
     state.plan = plan_quantization(state.model)
     bins = cal.histogram_bins if cal.range in HISTOGRAM_METHODS else None
-    state.stats = profile_activations(state.model, state.plan.activations, ctx.calibration_images,
-                                      cal.batch_size, bins, ctx.show_progress)
+    state.stats = profile_activations(state.model, [*state.plan.activations, *state.plan.outputs],
+                                      ctx.calibration_images, cal.batch_size, bins, ctx.show_progress)
     upper_bounds = {out: bound for out, bound in state.plan.fused.values()}
-    state.activations = {}
+    encodings = {}
     for name, stats in state.stats.items():
-        low, high = choose_range(stats, cal.range, cal.percentile)
-        state.activations[name] = activation_encoding(low, min(high, upper_bounds.get(name, np.inf)))
+        # A graph output (the logits) keeps its whole range: clipping it at a typical maximum would merge the
+        # top classes of exactly the images whose winning logit is largest.
+        low, high = ((stats.minimum, stats.maximum) if name in state.plan.outputs
+                     else choose_range(stats, cal.range, cal.percentile))
+        encodings[name] = activation_encoding(low, min(high, upper_bounds.get(name, np.inf)))
+    state.activations = {name: encodings[name] for name in state.plan.activations}
+    state.outputs = {name: encodings[name] for name in state.plan.outputs}
     state.report["activation_ranges"] = {
         name: {
             "min": s.minimum, "max": s.maximum, "mean_min": s.mean_min, "mean_max": s.mean_max,
-            "range_min": float(state.activations[name].range_min),
-            "range_max": float(state.activations[name].range_max),
-            "scale": float(state.activations[name].scale), "zero_point": int(state.activations[name].zero_point),
+            "range_min": float(encodings[name].range_min), "range_max": float(encodings[name].range_max),
+            "scale": float(encodings[name].scale), "zero_point": int(encodings[name].zero_point),
         }
         for name, s in state.stats.items()
     }

@@ -55,6 +55,7 @@ class RunRequest:
     backend_factory: Callable[[], Backend]  # must pickle: the child calls it
     log_dir: Path  # isolated, empty: LoadGen's logs and user.conf go here
     header: str  # first line of user.conf
+    sample_count: int | None = None  # the first N samples only; None: all
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,8 @@ def respond_to_loadgen(ids: Sequence[int], labels: np.ndarray) -> None:
 
 def execute(request: RunRequest, on_error: Callable[[BaseException], None]) -> RunOutcome:
     backend = request.backend_factory()
-    qsl = SampleLibrary(np.load(request.tensors_path, mmap_mode="r"), request.harness.performance_sample_count)
+    tensors = np.load(request.tensors_path, mmap_mode="r")
+    qsl = SampleLibrary(tensors[:request.sample_count], request.harness.performance_sample_count)
     # Accuracy runs need it too: Server issues every sample at the target QPS (LoadGen's default is 1/s).
     measured = measure(request.scenario, backend, qsl, request.harness)
     conf_path = request.log_dir / "user.conf"

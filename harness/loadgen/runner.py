@@ -54,6 +54,8 @@ class RunSpec:
     reference_top1: float | None = None  # the float model's top-1
     calibration_top1: float | None = None  # the int8 top-1 the calibrate command printed
     target_ratio: float = 0.99
+    sample_count: int | None = None  # the first N samples only (the HTP emulator's smoke runs); None: all
+    note: str = ""  # what the figures are, when not a device's (the HTP emulator)
 
 
 def result_dir(results_root: Path, system: str, workload: str, scenario: str, mode: str) -> Path:
@@ -129,7 +131,9 @@ def run_scenario(spec: RunSpec) -> dict[str, Any]:
     try:
         request = RunRequest(scenario, mode, spec.profile, spec.harness, spec.tensors_path, spec.label_offset,
                              spec.backend_factory, staging,
-                             f"generated for {spec.workload} {scenario} {mode}, profile {spec.profile.name}")
+                             f"generated for {spec.workload} {scenario} {mode}, profile {spec.profile.name}",
+                             spec.sample_count)
+        labels = spec.labels if spec.sample_count is None else spec.labels[:spec.sample_count]
         outcome = run_isolated(request)
         detail = read_detail_log(staging / "mlperf_log_detail.txt")
         summary: dict[str, Any] = {
@@ -139,14 +143,17 @@ def run_scenario(spec: RunSpec) -> dict[str, Any]:
             "performance_sample_count": outcome.performance_count, "batches_run": outcome.batches_run,
             "measurement": asdict(outcome.measurement),
             "harness": asdict(spec.harness), "loadgen_errors": detail.get("num_errors", 0),
+            "samples": len(labels),
         }
+        if spec.note:
+            summary["note"] = spec.note
         if mode == "performance":
             summary["performance"] = performance_figures(detail, scenario)
         else:
             log_path = staging / "mlperf_log_accuracy.json"
-            result = score(read_predictions(log_path), spec.labels, log_path)
-            if result.total != len(spec.labels):
-                raise HarnessError(f"{log_path}: answers {result.total} of the {len(spec.labels)} samples")
+            result = score(read_predictions(log_path), labels, log_path)
+            if result.total != len(labels):
+                raise HarnessError(f"{log_path}: answers {result.total} of the {len(labels)} samples")
             (staging / "accuracy.txt").write_text(result.mlperf_line() + "\n")
             summary["accuracy"] = compare(result, spec.reference_top1, spec.target_ratio)
             summary["accuracy"]["mlperf_line"] = result.mlperf_line()

@@ -44,6 +44,11 @@ PROFILES = {
     "smoke": DurationProfile("smoke", 4000, {"Offline": 1, "Server": 1024, "SingleStream": 256, "MultiStream": 662}),
     "submission": DurationProfile("submission", None, None),
 }
+# The smoke profile on the QNN HTP x86 emulator (about 1 s an image): 64 SingleStream queries, the fewest for
+# which LoadGen's early stopping can bound the p90. Its name goes into every summary, so it is never mistaken for
+# the smoke profile.
+EMULATOR_SMOKE = DurationProfile("smoke-emulator", 4000, {"Offline": 1, "Server": 64, "SingleStream": 64,
+                                                          "MultiStream": 64})
 
 
 @dataclass(frozen=True)
