@@ -85,8 +85,9 @@ def on_htp(path: Path, images: np.ndarray, what: str) -> np.ndarray:
                            for x in tqdm(images, desc=f"HTP {what}", unit="img")])
 
 
-def measure(data, tool: str, weights: str, path: Path, images: np.ndarray, float_logits: np.ndarray) -> dict:
-    labels, offset = data.dataset.labels[:len(images)], data.config.model.label_offset
+def measure(data, tool: str, weights: str, path: Path, images: np.ndarray, labels: np.ndarray,
+            float_logits: np.ndarray) -> dict:
+    offset = data.config.model.label_offset
     session = make_session(onnx.load(str(path)), optimize=True)
     feed = session.get_inputs()[0].name
     cpu_logits = np.concatenate([session.run(None, {feed: np.ascontiguousarray(x[None])})[0] for x in images])
@@ -107,23 +108,31 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=200, help="evaluation images on the HTP and the CPU")
     parser.add_argument("--workloads", default="mobilenetv2,efficientnet-lite0")
+    parser.add_argument("--weights", default="per-channel,per-tensor")
+    parser.add_argument("--held-out", action="store_true",
+                        help="evaluate on the images never calibrated on, instead of the first ones")
+    parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     rows = []
     for name in args.workloads.split(","):
         data = load_workload_inputs(ROOT, name)
-        images = np.asarray(data.evaluation[:args.images])
+        chosen = np.arange(len(data.dataset.names))
+        if args.held_out:
+            chosen = chosen[~np.isin(data.dataset.names, data.dataset.calibration_names)]
+        chosen = chosen[:args.images]
+        images, labels = np.asarray(data.evaluation[chosen]), data.dataset.labels[chosen]
         float_logits = run_batches(make_session(data.float_model, optimize=True), images)
-        for weights in ("per-channel", "per-tensor"):
+        for weights in args.weights.split(","):
             with tempfile.TemporaryDirectory() as tmp:
                 for tool in TOOLS:
                     path = ours(data, weights, Path(tmp)) if tool == TOOLS[0] else peer(
                         data, weights == "per-channel", Path(tmp))
-                    rows.append(measure(data, tool, weights, path, images, float_logits))
+                    rows.append(measure(data, tool, weights, path, images, labels, float_logits))
                     print_row(rows[-1])
-    write_json(RESULTS, {"note": EMULATOR_NOTE, "images": args.images,
-                         "qnn": dataclasses.asdict(QnnConfig()), "rows": rows})
-    print(f"wrote {RESULTS}")
+    write_json(args.output, {"note": EMULATOR_NOTE, "images": args.images, "held_out": args.held_out,
+                             "qnn": dataclasses.asdict(QnnConfig()), "rows": rows})
+    print(f"wrote {args.output}")
     return 0
 
 
