@@ -159,15 +159,29 @@ def _bias(index: GraphIndex, model: onnx.ModelProto, node: onnx.NodeProto, chann
     return name
 
 
+def _layers(index: GraphIndex) -> list[onnx.NodeProto]:
+    return [n for n in index.model.graph.node if n.op_type in WEIGHTED_OPS and index.is_constant(n.input[1])]
+
+
+def layer_hessians(model: onnx.ModelProto, activations: dict[str, Encoding], images: np.ndarray, batch_size: int,
+                   show_progress: bool = True) -> dict[str, np.ndarray]:
+    """Every weighted layer's H on its quantized inputs: what ``round_weights`` needs, whatever the column order
+    or weight granularity (the search computes it once for both orders)."""
+    layers = _layers(GraphIndex.build(model))
+    return input_hessians(with_activation_qdq(model, activations), [n.name for n in layers], images, batch_size,
+                          show_progress)
+
+
 def round_weights(model: onnx.ModelProto, activations: dict[str, Encoding], images: np.ndarray,
-                  per_channel: bool, batch_size: int, show_progress: bool = True, act_order: bool = False
-                  ) -> tuple[onnx.ModelProto, list[RoundedLayer]]:
+                  per_channel: bool, batch_size: int, show_progress: bool = True, act_order: bool = False,
+                  hessians: dict[str, np.ndarray] | None = None) -> tuple[onnx.ModelProto, list[RoundedLayer]]:
     """A copy of ``model`` whose weights are GPTQ-rounded values on their int8 grids and whose biases
-    absorb the rest of the rounding error, with a per-layer report (``act_order``: see ``gptq_round``)."""
+    absorb the rest of the rounding error, with a per-layer report (``act_order``: see ``gptq_round``).
+    ``hessians``: ``layer_hessians`` of the same model, activations and images, when already computed."""
     result = onnx.ModelProto()
     result.CopyFrom(model)
     index = GraphIndex.build(result)
-    layers = [n for n in result.graph.node if n.op_type in WEIGHTED_OPS and index.is_constant(n.input[1])]
+    layers = _layers(index)
     shared = [n.name for n in layers if len(index.consumers[n.input[1]]) > 1]
     if shared:
         raise CalibrationError(f"gptq: layer '{shared[0]}' shares its weight with another layer")
@@ -176,8 +190,8 @@ def round_weights(model: onnx.ModelProto, activations: dict[str, Encoding], imag
         raise CalibrationError(f"gptq: MatMul '{matmul[0]}' has no bias to absorb the rounding error")
     biases = {node.name: _bias(index, result, node, index.constant(node.input[1]).shape[weight_axis(node)])
               for node in layers}
-    simulated = with_activation_qdq(result, activations)
-    hessians = input_hessians(simulated, [n.name for n in layers], images, batch_size, show_progress)
+    if hessians is None:  # the zero biases added above change no layer's inputs
+        hessians = layer_hessians(result, activations, images, batch_size, show_progress)
     report = []
     for node in tqdm(layers, desc="gptq rounding", unit="layer", disable=not show_progress):
         weight = index.constant(node.input[1])
