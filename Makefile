@@ -19,7 +19,7 @@ export MLPERF_CALIBRATION_DIR
 OVERRIDES := $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(RANGE),--range $(RANGE)) \
              $(if $(TECHNIQUES),--techniques $(TECHNIQUES))
 
-.PHONY: venv data calibrate run results submission check-submission test lint bench-calibration bench-techniques bench-harness bench-noise-budget
+.PHONY: venv data calibrate run results submission check-submission test lint bench-calibration bench-calibration-pipelines bench-techniques bench-harness bench-noise-budget
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -55,6 +55,9 @@ test: $(STAMP)
 
 bench-calibration: $(STAMP)
 	$(PY) -m benchmarks.calibration_speed
+
+bench-calibration-pipelines: $(STAMP)
+	$(PY) -m benchmarks.calibration_pipelines --repeats 3
 
 bench-techniques: $(STAMP)
 	$(PY) -m benchmarks.techniques
