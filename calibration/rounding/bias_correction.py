@@ -4,8 +4,9 @@ Empirical: go layer by layer in graph order. The simulated int8 model (the float
 weights, activations float) runs segment by segment on a subset of the calibration images, so each
 layer sees the corrections of all the layers before it. A layer's per-output-channel mean of
 (y_int8 − y_float) is subtracted from its bias, and from its output before the next segment reads
-it (``calibration.rounding.segments`` streams the segments in batches within a memory budget). Correcting every layer from one pass instead overcorrects, because later layers would undo
-errors that earlier corrections already removed.
+it (``calibration.rounding.segments`` streams the segments in batches within a memory budget).
+Correcting every layer from one pass instead overcorrects, because later layers would undo errors that
+earlier corrections already removed.
 
 Analytical: ε = Σ over the kernel window of (W_int8 − W), E[x] from the folded BN of the layer
 that produced the input, taken as N(β, γ²) through its activation (none, ReLU, Clip, or a
@@ -36,7 +37,7 @@ import onnx
 from tqdm import tqdm
 
 from calibration.graph.index import GraphIndex, conv_group
-from calibration.graph.outputs import with_outputs
+from calibration.graph.outputs import with_channel_means
 from calibration.graph.patterns import clip_bounds, weight_axis
 from calibration.graph.session import make_session
 from calibration.quant.simulate import quantized_weights, with_int8_weights
@@ -178,23 +179,20 @@ def expected_input(tensor: str, index: GraphIndex, folded: dict[str, FoldedBN]) 
 
 # ---------------------------------------------------------------- float reference means
 
-def _channel_means(values: np.ndarray) -> np.ndarray:
-    """Mean over every axis but the channel axis (1)."""
-    axes = tuple(i for i in range(values.ndim) if i != 1)
-    return values.mean(axis=axes, dtype=np.float64)  # accumulates in float64 without a float64 copy
-
-
-def float_channel_means(model: onnx.ModelProto, tensors: Sequence[str], images: np.ndarray
-                        ) -> dict[str, np.ndarray]:
-    """Per-channel means of ``tensors`` over ``images``, streamed in batches (one pass)."""
-    session = make_session(with_outputs(model, list(tensors)))
+def float_channel_means(model: onnx.ModelProto, tensors: Sequence[str], images: np.ndarray,
+                        rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per-channel means of ``tensors`` over ``images`` (``images[rows]`` if given), streamed in batches."""
+    session = make_session(with_channel_means(model, list(tensors)))
     name = session.get_inputs()[0].name
+    outputs = [f"{t}.channel_mean" for t in tensors]
+    rows = np.arange(len(images)) if rows is None else rows
     sums: dict[str, np.ndarray] = {}
-    for i in range(0, len(images), BATCH_SIZE):
-        batch = np.ascontiguousarray(images[i:i + BATCH_SIZE])
-        for tensor, value in zip(tensors, session.run(list(tensors), {name: batch})):
-            sums[tensor] = sums.get(tensor, 0.0) + _channel_means(value) * len(batch)
-    return {t: s / len(images) for t, s in sums.items()}
+    for i in range(0, len(rows), BATCH_SIZE):
+        batch = np.ascontiguousarray(images[rows[i:i + BATCH_SIZE]])
+        for tensor, value in zip(tensors, session.run(outputs, {name: batch})):
+            per_image = value.reshape(len(batch), -1).sum(axis=0, dtype=np.float64)
+            sums[tensor] = sums.get(tensor, 0.0) + per_image
+    return {t: s / len(rows) for t, s in sums.items()}
 
 
 # ---------------------------------------------------------------- the correction
@@ -231,7 +229,6 @@ def correct_biases(model: onnx.ModelProto, images: np.ndarray, per_channel: bool
     fit_images = min(fit_images, len(images))
     check_images = min(check_images, len(images) - fit_images)
     fit_index, check_index = spread_subsets(len(images), fit_images, check_images)
-    subset = np.ascontiguousarray(images[np.concatenate([fit_index, check_index])])
     corrected = onnx.ModelProto()
     corrected.CopyFrom(model)
     index = GraphIndex.build(corrected)
@@ -240,10 +237,11 @@ def correct_biases(model: onnx.ModelProto, images: np.ndarray, per_channel: bool
     layers = [name for name in weights if _bias_name(nodes[name]) is not None]
     without_bias = [name for name in weights if name not in layers]
 
-    reference = float_channel_means(corrected, [nodes[name].output[0] for name in layers], subset[:fit_images])
-    reference_check = float_channel_means(corrected, [nodes[name].output[0] for name in layers],
-                                          subset[fit_images:]) if check_images else {}
-    runner = SegmentRunner(with_int8_weights(corrected, weights), layers, subset, [fit_images, check_images])
+    outputs = [nodes[name].output[0] for name in layers]
+    reference = float_channel_means(corrected, outputs, images, fit_index)
+    reference_check = float_channel_means(corrected, outputs, images, check_index) if check_images else {}
+    runner = SegmentRunner(with_int8_weights(corrected, weights), layers, images,
+                           np.concatenate([fit_index, check_index]), [fit_images, check_images])
     shifts = [LayerShift(name, "skipped: no bias", 0.0, 0.0, 0.0, 0.0) for name in without_bias]
     for name in tqdm(layers, desc=f"bias correction ({method})", unit="layer", disable=not show_progress):
         node = nodes[name]

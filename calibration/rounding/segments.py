@@ -26,7 +26,7 @@ from calibration.graph.session import make_session
 from workload.errors import CalibrationError
 
 BATCH_SIZE = 16
-CHECKPOINT_BYTES = 192 * 2**20  # live tensors kept for all images; measured peaks in results/experiments/
+CHECKPOINT_BYTES = 128 * 2**20  # live tensors kept for all images; measured peaks in results/experiments/
 
 
 def channel_sums(values: np.ndarray) -> np.ndarray:
@@ -43,10 +43,12 @@ class SegmentRunner:
     layer's correction from its output before any later segment reads it.
     """
 
-    def __init__(self, model: onnx.ModelProto, layers: Sequence[str], images: np.ndarray,
+    def __init__(self, model: onnx.ModelProto, layers: Sequence[str], images: np.ndarray, rows: np.ndarray,
                  groups: Sequence[int], budget_bytes: int = CHECKPOINT_BYTES):
-        if sum(groups) != len(images):
-            raise CalibrationError(f"image groups {list(groups)} do not add up to {len(images)} images")
+        """``images[rows]`` are the images, read batch by batch (never copied out whole); ``groups`` split
+        them into consecutive groups, each with its own means."""
+        if sum(groups) != len(rows):
+            raise CalibrationError(f"image groups {list(groups)} do not add up to {len(rows)} images")
         index = GraphIndex.build(model)
         graph_input = next(i.name for i in model.graph.input if i.name not in index.initializers)
         cut = {name: k for k, name in enumerate(layers)}
@@ -70,10 +72,11 @@ class SegmentRunner:
         self._index, self._layers, self._segments, self._last_use = index, list(layers), segments, last_use
         self._groups = list(groups)
         self._budget = budget_bytes
-        self._count = len(images)
+        self._count = len(rows)
+        self._input, self._images, self._rows = graph_input, images, np.asarray(rows)
         self._dtypes: dict[str, np.dtype] = {graph_input: np.dtype(images.dtype)}
-        self._checkpoint: dict[str, np.ndarray] = {graph_input: np.ascontiguousarray(images)}
-        self._after = -1  # the checkpoint holds the tensors live after this segment
+        self._checkpoint: dict[str, np.ndarray] = {}
+        self._after = -1  # the checkpoint holds the tensors live after this segment (-1: the images)
         self._sessions: dict[int, tuple[ort.InferenceSession, list[str], list[str]]] = {}
         self._shifts: dict[int, np.ndarray] = {}
         self._next = 0
@@ -108,9 +111,10 @@ class SegmentRunner:
         chain = range(self._after + 1, k + 1)
         sums = [np.zeros(0)] * len(self._groups)
         bounds = np.cumsum([0, *self._groups])
-        kept: dict[str, list[np.ndarray]] | None = None
+        kept: dict[str, np.ndarray] | None = None
         for i in range(0, self._count, BATCH_SIZE):
-            values = {name: value[i:i + BATCH_SIZE] for name, value in self._checkpoint.items()}
+            values = {name: value[i:i + BATCH_SIZE] for name, value in self._checkpoint.items()} if self._after >= 0 \
+                else {self._input: np.ascontiguousarray(self._images[self._rows[i:i + BATCH_SIZE]])}
             for j in chain:
                 session, inputs, outputs = self._session(j)
                 values.update(zip(outputs, session.run(outputs, {name: values[name] for name in inputs})))
@@ -129,11 +133,13 @@ class SegmentRunner:
             if kept is None:
                 live = self._live_after(k, values) | {self._segments[k][-1].output[0]: output}
                 size = sum(v[0].nbytes for v in live.values()) * self._count
-                kept = {name: [] for name in live} if size <= self._budget else {}
-            for name in kept:
-                kept[name].append(values[name])
+                # written in place: collecting batches and concatenating them held the checkpoint twice
+                kept = {name: np.empty((self._count, *v.shape[1:]), v.dtype) for name, v in live.items()} \
+                    if size <= self._budget else {}
+            for name, array in kept.items():
+                array[i:i + len(output)] = values[name]
         if kept:
-            self._checkpoint = {name: np.concatenate(parts) for name, parts in kept.items()}
+            self._checkpoint = kept
             self._after = k
             for j in [j for j in self._sessions if j <= k]:
                 del self._sessions[j]

@@ -225,7 +225,7 @@ def test_streamed_segments_equal_holding_every_tensor_and_the_shifted_model(buil
     data, groups = images(40), [27, 13]  # groups straddle the 16-image batches
 
     def run(budget: int) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
-        runner = SegmentRunner(model, layers, data, groups, budget)
+        runner = SegmentRunner(model, layers, data, np.arange(len(data)), groups, budget)
         means, shifts = [], {}
         for name in layers:
             fit, check = runner.advance()
