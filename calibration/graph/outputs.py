@@ -9,7 +9,6 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from calibration.graph.index import GraphIndex
-from workload.errors import CalibrationError
 
 
 def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
@@ -77,32 +76,4 @@ def with_statistics_outputs(model: onnx.ModelProto, tensors: Sequence[str],
                           constant(f"{sample}.axes", [1]), constant(f"{sample}.steps", [stride])]
                 copy.graph.node.append(helper.make_node("Slice", inputs, [sample]))
             copy.graph.output.append(helper.make_tensor_value_info(sample, TensorProto.FLOAT, ["batch", None]))
-    return copy
-
-
-def with_channel_means(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
-    """A copy of ``model`` whose outputs are each tensor's per-image, per-channel (axis 1) mean, flattened to
-    (N·C,) and named ``{tensor}.channel_mean``: only those leave ORT, not the activations (bias correction's
-    float reference held every layer's output of a batch at once, 0.4 GiB on MobileNetV2)."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    opset = next((o.version for o in copy.opset_import if o.domain in ("", "ai.onnx")), 1)
-    del copy.graph.output[:]
-    wanted = set(tensors)
-    nodes = list(copy.graph.node)
-    del copy.graph.node[:]
-    for node in nodes:  # each reduction right after its producer: ORT runs in this order, and frees early
-        copy.graph.node.append(node)
-        for tensor in (t for t in node.output if t in wanted):
-            flat, mean = f"{tensor}.flat_per_channel", f"{tensor}.channel_mean"
-            copy.graph.node.append(helper.make_node("Flatten", [tensor], [flat], axis=2))  # (N·C, positions)
-            if opset >= 18:  # axes became an input in opset 18
-                copy.graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), f"{mean}.axes"))
-                copy.graph.node.append(helper.make_node("ReduceMean", [flat, f"{mean}.axes"], [mean], keepdims=0))
-            else:
-                copy.graph.node.append(helper.make_node("ReduceMean", [flat], [mean], axes=[1], keepdims=0))
-            copy.graph.output.append(helper.make_tensor_value_info(mean, TensorProto.FLOAT, None))
-    missing = wanted - {t for n in nodes for t in n.output}
-    if missing:
-        raise CalibrationError(f"no node produces '{sorted(missing)[0]}'")
     return copy
