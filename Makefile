@@ -23,7 +23,7 @@ OVERRIDES := $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(RANGE),--range $(RANGE
              $(if $(TECHNIQUES),--techniques $(TECHNIQUES)) $(if $(BACKEND),--backend $(BACKEND)) \
              $(if $(EVAL_LIMIT),--eval-limit $(EVAL_LIMIT))
 
-.PHONY: venv venv-qnn data calibrate run results submission check-submission test lint bench-calibration bench-techniques bench-harness bench-noise-budget bench-htp-fidelity
+.PHONY: venv venv-qnn data calibrate run results submission check-submission test lint bench-calibration bench-calibration-pipelines bench-techniques bench-harness bench-noise-budget bench-htp-fidelity
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -64,6 +64,9 @@ test: $(STAMP)
 
 bench-calibration: $(STAMP)
 	$(PY) -m benchmarks.calibration_speed
+
+bench-calibration-pipelines: $(STAMP)
+	$(PY) -m benchmarks.calibration_pipelines --repeats 3
 
 bench-techniques: $(STAMP)
 	$(PY) -m benchmarks.techniques

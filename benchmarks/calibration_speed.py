@@ -119,7 +119,7 @@ def bench_model(name: str, runs: list[Run], args: argparse.Namespace) -> list[di
     labels, offset = inputs.dataset.labels, config.model.label_offset
     log.info("%s: %d calibration images, %d evaluation images", name, inputs.calibration_count, len(evaluation))
 
-    sessions = {"float": make_session(load_model(fp32), optimize=True)}
+    sessions = {"float": make_session(load_model(fp32), optimize=True, spinning=True)}
     float_figures, float_logits = evaluate(sessions["float"], evaluation, labels, offset, None, args.batch_size)
     rows: list[dict[str, Any]] = [{"model": name, "tool": "float", "method": "-", "weights": "-", "label": "float",
                                    **float_figures}]
@@ -135,7 +135,7 @@ def bench_model(name: str, runs: list[Run], args: argparse.Namespace) -> list[di
             log.error("%s: %s failed: %s", name, run.label, err)
             rows.append({**row, "error": str(err).splitlines()[-1]})
             continue
-        sessions[run.label] = make_session(load_model(output), optimize=True)
+        sessions[run.label] = make_session(load_model(output), optimize=True, spinning=True)
         figures, _ = evaluate(sessions[run.label], evaluation, labels, offset, float_logits, args.batch_size)
         rows.append({**row, "calib_s": seconds, "peak_gib": peak_bytes / GIB, **figures})
         log.info("%s: %s took %.1f s, peak %.2f GiB, top-1 %.3f, agreement %.3f", name, run.label, seconds,

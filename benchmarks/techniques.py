@@ -96,7 +96,7 @@ def throughput(session: ort.InferenceSession, images: np.ndarray, args: argparse
 def evaluate(model_path: Path, images: np.ndarray, labels: np.ndarray, label_offset: int,
              float_logits: np.ndarray | None, args: argparse.Namespace) -> tuple[dict[str, float], np.ndarray]:
     """Top-1/top-5, agreement and SQNR against float (when given), throughput; ORT_ENABLE_ALL."""
-    session = make_session(load_model(model_path), optimize=True)
+    session = make_session(load_model(model_path), optimize=True, spinning=True)
     logits = run_batches(session, images, batch_size=args.batch_size)
     figures = {**fidelity(logits, labels, label_offset, float_logits), "img_per_s": throughput(session, images, args)}
     return figures, logits

@@ -18,6 +18,7 @@ import numpy as np
 from calibration.graph.io import load_model, save_model
 from calibration.quantize import quantize
 from workload.config import RANGE_METHODS, WEIGHT_GRANULARITIES, load_workload, with_overrides
+from workload.files import write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,11 +32,16 @@ def main() -> int:
     parser.add_argument("--range", choices=RANGE_METHODS)
     parser.add_argument("--weights", choices=WEIGHT_GRANULARITIES)
     parser.add_argument("--techniques", help="comma-separated technique list overriding the YAML")
+    parser.add_argument("--report", type=Path, help="where to write the steps' times and the search's scores (JSON)")
     args = parser.parse_args()
     config = with_overrides(load_workload(ROOT / "workloads" / f"{args.workload}.yaml"), args.weights, args.range,
                             args.techniques)
     images = np.load(args.calibration, mmap_mode="r")
-    save_model(quantize(load_model(args.fp32), config, images, show_progress=False).model, args.output)
+    result = quantize(load_model(args.fp32), config, images, show_progress=False)
+    save_model(result.model, args.output)
+    if args.report is not None:
+        write_json(args.report, {key: result.state.report[key] for key in ("steps", "technique_search")
+                                 if key in result.state.report})
     return 0
 
 

@@ -2,6 +2,11 @@
 
 Float sessions run with ORT's graph optimizations off, so that equivalence tests test our transforms rather than
 ORT's fusions; int8 models are evaluated with every optimization on, as deployed.
+
+Calibration sessions do not spin: ORT's worker threads otherwise busy-wait between operators, and with one other
+CPU-bound process on the cores they lose far more than their share (the issue measured GPTQ's input pass falling
+from 7.7 images/s to 1.2–5.5 s per image). Throughput measurements pass ``spinning=True``, which gives their best
+figure on a quiet machine; the LoadGen sessions set their own options (harness/loadgen/backend.py).
 """
 
 from __future__ import annotations
@@ -11,14 +16,19 @@ import onnx
 import onnxruntime as ort
 
 
-def make_session(model: onnx.ModelProto, optimize: bool = False, threads: int = 0) -> ort.InferenceSession:
-    """A CPU session; ``optimize=False`` disables every ORT graph rewrite."""
+def make_session(model: onnx.ModelProto, optimize: bool = False, threads: int = 0, spinning: bool = False
+                 ) -> ort.InferenceSession:
+    """A CPU session; ``optimize=False`` disables every ORT graph rewrite, ``spinning=False`` lets idle
+    worker threads sleep instead of busy-waiting."""
     options = ort.SessionOptions()
     options.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 

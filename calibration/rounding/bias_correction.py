@@ -3,9 +3,10 @@
 Empirical: go layer by layer in graph order. The simulated int8 model (the float model with its int8
 weights, activations float) runs segment by segment on a subset of the calibration images, so each
 layer sees the corrections of all the layers before it. A layer's per-output-channel mean of
-(y_int8 − y_float) is subtracted from its bias, and from its output held in memory before the next
-segment runs. Correcting every layer from one pass instead overcorrects, because later layers would undo
-errors that earlier corrections already removed.
+(y_int8 − y_float) is subtracted from its bias, and from its output before the next segment reads
+it (``calibration.rounding.segments`` streams the segments in batches within a memory budget).
+Correcting every layer from one pass instead overcorrects, because later layers would undo errors that
+earlier corrections already removed.
 
 Analytical: ε = Σ over the kernel window of (W_int8 − W), E[x] from the folded BN of the layer
 that produced the input, taken as N(β, γ²) through its activation (none, ReLU, Clip, or a
@@ -36,17 +37,17 @@ import onnx
 from tqdm import tqdm
 
 from calibration.graph.index import GraphIndex, conv_group
-from calibration.graph.outputs import segment_model, with_outputs
+from calibration.graph.outputs import with_outputs
 from calibration.graph.patterns import clip_bounds, weight_axis
 from calibration.graph.session import make_session
 from calibration.quant.simulate import quantized_weights, with_int8_weights
+from calibration.rounding.segments import BATCH_SIZE, SegmentRunner
 from calibration.transforms.fold import FoldedBN
 from workload.errors import CalibrationError
 
 log = logging.getLogger(__name__)
 
 Method = Literal["empirical", "analytical"]
-BATCH_SIZE = 16
 # Ops that keep the per-channel mean of their single data input (as far as E[x] is concerned).
 MEAN_PRESERVING_OPS = ("GlobalAveragePool", "Flatten", "Reshape", "Identity")
 
@@ -176,95 +177,26 @@ def expected_input(tensor: str, index: GraphIndex, folded: dict[str, FoldedBN]) 
     return None
 
 
-# ---------------------------------------------------------------- segment-by-segment execution
+# ---------------------------------------------------------------- float reference means
+
+def float_channel_means(model: onnx.ModelProto, tensors: Sequence[str], images: np.ndarray,
+                        rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per-channel means of ``tensors`` over ``images`` (``images[rows]`` if given), streamed in batches."""
+    session = make_session(with_outputs(model, list(tensors)))
+    name = session.get_inputs()[0].name
+    rows = np.arange(len(images)) if rows is None else rows
+    sums: dict[str, np.ndarray] = {}
+    for i in range(0, len(rows), BATCH_SIZE):
+        batch = np.ascontiguousarray(images[rows[i:i + BATCH_SIZE]])
+        for tensor, value in zip(tensors, session.run(list(tensors), {name: batch})):
+            sums[tensor] = sums.get(tensor, 0.0) + _channel_means(value) * len(batch)
+    return {t: s / len(rows) for t, s in sums.items()}
+
 
 def _channel_means(values: np.ndarray) -> np.ndarray:
     """Mean over every axis but the channel axis (1)."""
     axes = tuple(i for i in range(values.ndim) if i != 1)
     return values.mean(axis=axes, dtype=np.float64)  # accumulates in float64 without a float64 copy
-
-
-class SegmentRunner:
-    """Runs a model one weighted layer at a time, keeping only the tensors later segments need.
-
-    Segment k holds the nodes after layer k−1 up to and including layer k (graph order is
-    topological), so a layer's output can be changed in memory before anything reads it.
-    """
-
-    def __init__(self, model: onnx.ModelProto, layers: Sequence[str], images: np.ndarray):
-        index = GraphIndex.build(model)
-        self._index = index
-        graph_input = next(i.name for i in model.graph.input if i.name not in index.initializers)
-        cut = {name: k for k, name in enumerate(layers)}
-        self._segments: list[list[onnx.NodeProto]] = [[] for _ in layers]
-        k = 0
-        for node in model.graph.node:
-            if k >= len(layers):
-                break
-            self._segments[k].append(node)
-            if node.name in cut:
-                if cut[node.name] != k:
-                    raise CalibrationError(f"layer '{node.name}' is out of graph order")
-                k += 1
-        if k != len(layers):
-            raise CalibrationError(f"layer '{layers[k]}' not found in the model")
-        self._layers = list(layers)
-        self._last_use: dict[str, int] = {}
-        for k, nodes in enumerate(self._segments):
-            for node in nodes:
-                for name in node.input:
-                    self._last_use[name] = k
-        self.values: dict[str, np.ndarray] = {graph_input: np.ascontiguousarray(images)}
-        self._next = 0
-
-    def output_name(self, layer: str) -> str:
-        return self._segments[self._layers.index(layer)][-1].output[0]
-
-    def advance(self) -> np.ndarray:
-        """Run the next segment; return its layer's output (held in ``values``, may be edited)."""
-        k = self._next
-        nodes = self._segments[k]
-        produced = {o for n in nodes for o in n.output}
-        needed = [name for n in nodes for name in n.input
-                  if name and name not in produced and name not in self._index.initializers]
-        inputs = list(dict.fromkeys(needed))
-        missing = [name for name in inputs if name not in self.values]
-        if missing:
-            raise CalibrationError(f"segment of layer '{self._layers[k]}' needs '{missing[0]}', never computed")
-        outputs = [o for n in nodes for o in n.output if o and self._last_use.get(o, -1) > k]
-        layer_out = nodes[-1].output[0]
-        if layer_out not in outputs:
-            outputs.append(layer_out)
-        segment = segment_model(self._index, nodes, {name: self.values[name].dtype for name in inputs}, outputs,
-                                f"segment{k}")
-        session = make_session(segment)
-        count = len(self.values[inputs[0]]) if inputs else 0
-        results: dict[str, np.ndarray] = {}
-        for i in range(0, count, BATCH_SIZE):
-            batch = session.run(outputs, {name: self.values[name][i:i + BATCH_SIZE] for name in inputs})
-            for name, value in zip(outputs, batch):
-                # written in place: collecting the batches and concatenating them held each output twice
-                if name not in results:
-                    results[name] = np.empty((count, *value.shape[1:]), value.dtype)
-                results[name][i:i + len(value)] = value
-        self.values.update(results)
-        for name in [n for n in self.values if self._last_use.get(n, -1) <= k and n != layer_out]:
-            del self.values[name]
-        self._next += 1
-        return self.values[layer_out]
-
-
-def float_channel_means(model: onnx.ModelProto, tensors: Sequence[str], images: np.ndarray
-                        ) -> dict[str, np.ndarray]:
-    """Per-channel means of ``tensors`` over ``images``, streamed in batches (one pass)."""
-    session = make_session(with_outputs(model, list(tensors)))
-    name = session.get_inputs()[0].name
-    sums: dict[str, np.ndarray] = {}
-    for i in range(0, len(images), BATCH_SIZE):
-        batch = np.ascontiguousarray(images[i:i + BATCH_SIZE])
-        for tensor, value in zip(tensors, session.run(list(tensors), {name: batch})):
-            sums[tensor] = sums.get(tensor, 0.0) + _channel_means(value) * len(batch)
-    return {t: s / len(images) for t, s in sums.items()}
 
 
 # ---------------------------------------------------------------- the correction
@@ -301,7 +233,6 @@ def correct_biases(model: onnx.ModelProto, images: np.ndarray, per_channel: bool
     fit_images = min(fit_images, len(images))
     check_images = min(check_images, len(images) - fit_images)
     fit_index, check_index = spread_subsets(len(images), fit_images, check_images)
-    subset = np.ascontiguousarray(images[np.concatenate([fit_index, check_index])])
     corrected = onnx.ModelProto()
     corrected.CopyFrom(model)
     index = GraphIndex.build(corrected)
@@ -310,17 +241,18 @@ def correct_biases(model: onnx.ModelProto, images: np.ndarray, per_channel: bool
     layers = [name for name in weights if _bias_name(nodes[name]) is not None]
     without_bias = [name for name in weights if name not in layers]
 
-    reference = float_channel_means(corrected, [nodes[name].output[0] for name in layers], subset[:fit_images])
-    reference_check = float_channel_means(corrected, [nodes[name].output[0] for name in layers],
-                                          subset[fit_images:]) if check_images else {}
-    runner = SegmentRunner(with_int8_weights(corrected, weights), layers, subset)
+    outputs = [nodes[name].output[0] for name in layers]
+    reference = float_channel_means(corrected, outputs, images, fit_index)
+    reference_check = float_channel_means(corrected, outputs, images, check_index) if check_images else {}
+    runner = SegmentRunner(with_int8_weights(corrected, weights), layers, images,
+                           np.concatenate([fit_index, check_index]), [fit_images, check_images])
     shifts = [LayerShift(name, "skipped: no bias", 0.0, 0.0, 0.0, 0.0) for name in without_bias]
     for name in tqdm(layers, desc=f"bias correction ({method})", unit="layer", disable=not show_progress):
         node = nodes[name]
-        output = runner.advance()
+        mean_fit, mean_check = runner.advance()
         float_out = node.output[0]
-        error_fit = _channel_means(output[:fit_images]) - reference[float_out]
-        error_check = (_channel_means(output[fit_images:]) - reference_check[float_out]) if check_images else None
+        error_fit = mean_fit - reference[float_out]
+        error_check = (mean_check - reference_check[float_out]) if check_images else None
         used = method
         shift = error_fit
         if method == "analytical":
@@ -334,7 +266,7 @@ def correct_biases(model: onnx.ModelProto, images: np.ndarray, per_channel: bool
         bias_name = _bias_name(node)
         bias = index.constant(bias_name)
         index.set_constant(bias_name, (bias.astype(np.float64) - shift).astype(bias.dtype))
-        output -= shift.reshape((1, -1) + (1,) * (output.ndim - 2)).astype(output.dtype)
+        runner.apply_shift(shift)
         check_before = float(np.mean(np.abs(error_check))) if error_check is not None else float("nan")
         check_after = float(np.mean(np.abs(error_check - shift))) if error_check is not None else float("nan")
         shifts.append(LayerShift(name, used, float(np.mean(np.abs(shift))), float(np.mean(np.abs(error_fit))),

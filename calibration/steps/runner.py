@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -15,6 +16,7 @@ from calibration.quant.encodings import Encoding
 from calibration.quant.writer import write_qdq_model
 from calibration.steps.state import PipelineState, StepContext
 from calibration.steps.techniques import TECHNIQUES, check_techniques
+from workload.config import TechniqueStep
 from workload.errors import CalibrationError
 
 log = logging.getLogger(__name__)
@@ -22,16 +24,38 @@ log = logging.getLogger(__name__)
 DRIFT_PROBE_IMAGES = 16
 
 
-def run_steps(model: onnx.ModelProto, ctx: StepContext) -> PipelineState:
-    """Apply the configured steps in order, recording each one's float drift and time."""
+@dataclass
+class PrefixCache:
+    """The state after each step prefix, for runs from one float model on the same images (the ``auto``
+    search): a candidate that shares a prefix (fold, CLE variant, profile) with an earlier one starts from
+    a branch of that prefix's state instead of running it again. The states hold their models."""
+
+    states: dict[tuple[str, ...], tuple[PipelineState, float, onnx.ModelProto]] = field(default_factory=dict)
+
+    def longest(self, steps: tuple[TechniqueStep, ...]) -> tuple[int, tuple[PipelineState, float, onnx.ModelProto]
+                                                                   | None]:
+        for done in range(len(steps), 0, -1):
+            entry = self.states.get(tuple(str(s) for s in steps[:done]))
+            if entry is not None:
+                return done, entry
+        return 0, None
+
+
+def run_steps(model: onnx.ModelProto, ctx: StepContext, cache: PrefixCache | None = None) -> PipelineState:
+    """Apply the configured steps in order, recording each one's float drift and time (a step taken from
+    ``cache`` keeps the time it took when it ran)."""
     steps = ctx.config.calibration.techniques
     check_techniques(steps)
-    state = PipelineState(model=model)
     probe = np.ascontiguousarray(ctx.calibration_images[:DRIFT_PROBE_IMAGES])
     reference = run_batches(make_session(model), probe)
-    state.report["steps"] = []
-    drift, measured = 0.0, model
-    for step in steps:
+    profile_at = [s.name for s in steps].index("profile")
+    done, cached = cache.longest(steps) if cache is not None else (0, None)
+    if cached is not None:
+        state, drift, measured = cached[0].branch(), cached[1], cached[2]
+    else:
+        state, drift, measured = PipelineState(model=model), 0.0, model
+        state.report["steps"] = []
+    for i, step in enumerate(steps[done:], start=done):
         log.info("step %s", step)
         start = time.perf_counter()
         adapter = TECHNIQUES[step.name].adapter
@@ -42,6 +66,8 @@ def run_steps(model: onnx.ModelProto, ctx: StepContext) -> PipelineState:
         if state.model is not measured:  # steps that leave the float model alone (profile) keep its drift
             drift, measured = relative_change(reference, run_batches(make_session(state.model), probe)), state.model
         state.report["steps"].append({"step": str(step), "seconds": round(seconds, 3), "float_drift": drift})
+        if cache is not None and i <= profile_at:  # the steps after profile are each candidate's own
+            cache.states[tuple(str(s) for s in steps[: i + 1])] = (state.branch(), drift, measured)
     return state
 
 

@@ -9,6 +9,9 @@ rounding (both column orders) on the best of those, GPTQ on the fused activation
 combination, or tied for best, in the measured runs: results/experiments/technique_search.md), and empirical
 bias correction and GPTQ on the plain pipeline. A candidate that cannot apply is recorded with its error.
 
+Candidates share work: each runs from the state its longest already-run prefix of steps (fold, CLE variant,
+profile) left (``PrefixCache``), and GPTQ's two column orders share one Hessian pass.
+
 Bias correction and GPTQ fit the same calibration images they are scored on, so the score of such a
 candidate is slightly optimistic; the calibrate command's held-out split shows the real effect.
 """
@@ -26,7 +29,7 @@ import onnx
 
 from calibration.evaluate import sqnr_db, top1_agreement
 from calibration.graph.session import make_session, run_batches
-from calibration.steps.runner import run_steps, write_int8
+from calibration.steps.runner import PrefixCache, run_steps, write_int8
 from calibration.steps.state import PipelineState, StepContext
 from workload.config import TechniqueStep
 from workload.errors import CalibrationError
@@ -88,12 +91,12 @@ def first_stage_candidates() -> dict[str, tuple[TechniqueStep, ...]]:
 
 
 def _score(label: str, techniques: tuple[TechniqueStep, ...], float_model: onnx.ModelProto, ctx: StepContext,
-           reference: np.ndarray) -> tuple[CandidateScore, PipelineState | None]:
+           reference: np.ndarray, cache: PrefixCache) -> tuple[CandidateScore, PipelineState | None]:
     config = dataclasses.replace(ctx.config, calibration=dataclasses.replace(ctx.config.calibration,
                                                                              techniques=techniques))
     start = time.perf_counter()
     try:
-        state = run_steps(float_model, StepContext(config, ctx.calibration_images, ctx.show_progress))
+        state = run_steps(float_model, StepContext(config, ctx.calibration_images, ctx.show_progress), cache)
         int8_model, _ = write_int8(state, config.calibration.per_channel)
     except CalibrationError as err:
         log.warning("auto: %s cannot run: %s", label, err)
@@ -112,10 +115,11 @@ def search_techniques(float_model: onnx.ModelProto, ctx: StepContext) -> SearchR
     reference = run_batches(make_session(float_model, optimize=True), ctx.calibration_images)
     scores: list[CandidateScore] = []
     states: dict[str, PipelineState] = {}
+    cache = PrefixCache()
 
     def attempt(label: str, techniques: tuple[TechniqueStep, ...]) -> None:
         log.info("auto: candidate %d, %s: %s", len(scores) + 1, label, ",".join(str(t) for t in techniques))
-        score, state = _score(label, techniques, float_model, ctx, reference)
+        score, state = _score(label, techniques, float_model, ctx, reference, cache)
         scores.append(score)
         if state is not None:
             states[label] = state

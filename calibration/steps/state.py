@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +29,14 @@ class PipelineState:
     activations: dict[str, Encoding] = field(default_factory=dict)
     outputs: dict[str, Encoding] = field(default_factory=dict)  # the graph outputs' encodings (QuantPlan.outputs)
     report: dict[str, Any] = field(default_factory=dict)
+    # Results a later step may reuse, keyed by what they were computed from (GPTQ's Hessians: the model and
+    # activation encodings objects they came from). Branches of one state share this dict, not a copy.
+    shared: dict[str, Any] = field(default_factory=dict)
+
+    def branch(self) -> PipelineState:
+        """A copy that later steps may change without touching this state: steps replace the model, the
+        plan, the statistics and the encodings (never edit them) but add to ``folded`` and the report."""
+        return dataclasses.replace(self, folded=dict(self.folded), report=copy.deepcopy(self.report))
 
 
 @dataclass(frozen=True)

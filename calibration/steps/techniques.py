@@ -10,7 +10,7 @@ import numpy as np
 from calibration.quant.encodings import activation_encoding
 from calibration.quant.plan import plan_quantization
 from calibration.rounding.bias_correction import correct_biases
-from calibration.rounding.gptq import round_weights
+from calibration.rounding.gptq import layer_hessians, round_weights
 from calibration.stats.profile import profile_activations, profile_channel_ranges
 from calibration.stats.ranges import HISTOGRAM_METHODS, choose_range
 from calibration.steps.state import PipelineState, Step, StepContext
@@ -68,9 +68,15 @@ def step_bias_correction(state: PipelineState, ctx: StepContext, option: str | N
 def step_gptq(state: PipelineState, ctx: StepContext, option: str | None) -> None:
     """``gptq`` rounds each layer's columns in their stored order, ``gptq:act_order`` largest input energy first."""
     cal = ctx.config.calibration
+    # Branches of one profiled state (the search's two column orders) share its Hessians.
+    source, activations, hessians = state.shared.get("gptq_hessians", (None, None, None))
+    if source is not state.model or activations is not state.activations:
+        hessians = layer_hessians(state.model, state.activations, ctx.calibration_images, cal.batch_size,
+                                  ctx.show_progress)
+        state.shared["gptq_hessians"] = (state.model, state.activations, hessians)
     state.model, layers = round_weights(state.model, state.activations, ctx.calibration_images,
                                         cal.per_channel, cal.batch_size, ctx.show_progress,
-                                        act_order=option == "act_order")
+                                        act_order=option == "act_order", hessians=hessians)
     state.report["gptq"] = {"column_order": option or "stored", "layers": [layer.as_dict() for layer in layers]}
 
 

@@ -23,6 +23,7 @@ from calibration.rounding.bias_correction import (
     spread_subsets,
     weight_error_shift,
 )
+from calibration.rounding.segments import SegmentRunner
 from calibration.source.models.builder import GraphBuilder
 from calibration.stats.profile import profile_activations
 from calibration.stats.ranges import choose_range
@@ -30,7 +31,7 @@ from calibration.steps.runner import run_steps, write_int8
 from calibration.steps.state import PipelineState, StepContext
 from calibration.steps.techniques import check_techniques, step_bias_correction
 from calibration.transforms.fold import fold_batch_norms
-from tests.builders import RNG, bn_model, config_with, images
+from tests.builders import RNG, bn_model, config_with, images, mobile_block_model
 from workload.config import parse_technique
 from workload.errors import CalibrationError, WorkloadError
 
@@ -213,3 +214,40 @@ def test_fit_and_check_subsets_are_disjoint_and_spread(count: int, fit: int, che
     assert len(fit_index) == fit and len(check_index) == check
     assert not set(fit_index) & set(check_index) and set(fit_index) | set(check_index) <= set(range(count))
     assert fit_index[0] == 0 and fit_index[-1] == count - 1  # both ends of a class-sorted list
+
+
+@pytest.mark.parametrize("build", [bn_model, mobile_block_model])
+def test_streamed_segments_equal_holding_every_tensor_and_the_shifted_model(build) -> None:
+    """No checkpoint (recompute from the input) and a checkpoint after every segment (the first version, which
+    held every tensor for all images) give bit-identical means, equal to the model's with shifted biases."""
+    model, _, _ = fold_batch_norms(build())
+    layers = [n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm") and len(n.input) > 2]
+    data, groups = images(40), [27, 13]  # groups straddle the 16-image batches
+
+    def run(budget: int) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+        runner = SegmentRunner(model, layers, data, np.arange(len(data)), groups, budget)
+        means, shifts = [], {}
+        for name in layers:
+            fit, check = runner.advance()
+            means += [fit, check]
+            shifts[name] = 0.5 * fit + 0.1
+            runner.apply_shift(shifts[name])
+        return means, shifts
+
+    held, shifts = run(2**40)
+    streamed, _ = run(0)
+    assert all(np.array_equal(a, b) for a, b in zip(held, streamed))
+    shifted = onnx.ModelProto()
+    shifted.CopyFrom(model)
+    index = GraphIndex.build(shifted)
+    nodes = {n.name: n for n in shifted.graph.node}
+    for name in layers:
+        bias = index.constant(nodes[name].input[2])
+        index.set_constant(nodes[name].input[2], (bias - shifts[name]).astype(bias.dtype))
+    outputs = [nodes[name].output[0] for name in layers]
+    fit_ref = float_channel_means(shifted, outputs, data[:27])
+    check_ref = float_channel_means(shifted, outputs, data[27:])
+    for k, out in enumerate(outputs):
+        shift = shifts[layers[k]]  # the means are taken before the layer's own shift
+        np.testing.assert_allclose(held[2 * k] - shift, fit_ref[out], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(held[2 * k + 1] - shift, check_ref[out], rtol=1e-5, atol=1e-5)

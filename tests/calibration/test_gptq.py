@@ -1,4 +1,4 @@
-"""GPTQ weight rounding: im2col against ORT's convolution, lower output error than round-to-nearest on
+"""GPTQ weight rounding: the in-graph Hessians against a plain im2col, lower output error than round-to-nearest on
 held-out inputs, the int8 model's weights exactly the rounded ones, and the step's order rules."""
 
 from __future__ import annotations
@@ -8,11 +8,12 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from calibration.graph.index import GraphIndex
+from calibration.graph.index import GraphIndex, attribute
 from calibration.graph.session import make_session
 from calibration.quant.encodings import activation_encoding, weight_encoding
 from calibration.quant.simulate import with_activation_qdq
-from calibration.rounding.gptq import conv_patches, gptq_round, input_hessians, output_error
+from calibration.rounding.gptq import BLOCK, damped, gptq_round, output_error
+from calibration.rounding.hessian import input_hessians
 from calibration.source.models.builder import GraphBuilder
 from calibration.steps.runner import run_steps, write_int8
 from calibration.steps.state import StepContext
@@ -23,31 +24,81 @@ from workload.errors import CalibrationError
 RNG = np.random.default_rng(11)
 
 
-@pytest.mark.parametrize(("group", "kernel", "stride", "pads", "dilation"), [
-    (1, 3, 1, (1, 1, 1, 1), 1),
-    (1, 1, 1, (0, 0, 0, 0), 1),
-    (6, 3, 2, (0, 0, 1, 1), 1),  # depthwise, stride 2, TF "same" padding
-    (2, 5, 1, (2, 2, 2, 2), 1),
-    (1, 3, 1, (2, 2, 2, 2), 2),
-])
-def test_conv_patches_times_weight_is_the_convolution(group: int, kernel: int, stride: int,
-                                                      pads: tuple[int, ...], dilation: int) -> None:
-    channels, out_channels = 6, 6
-    x = RNG.normal(0, 1, (2, channels, 9, 9)).astype(np.float32)
-    w = RNG.normal(0, 1, (out_channels, channels // group, kernel, kernel)).astype(np.float32)
+def reference_patches(x: np.ndarray, group: int, kernel: int, stride: int, pads: tuple[int, ...],
+                      dilation: int) -> np.ndarray:
+    """A plain-loop im2col, (groups, N·H_out·W_out, C/groups·k·k), columns in the weight's flattened order."""
+    top, left, bottom, right = pads
+    padded = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (top, bottom), (left, right)))
+    n, c, h, w = padded.shape
+    span = (kernel - 1) * dilation + 1
+    h_out, w_out = (h - span) // stride + 1, (w - span) // stride + 1
+    rows = np.empty((group, n, h_out, w_out, c // group, kernel, kernel))
+    for i in range(kernel):
+        for j in range(kernel):
+            window = padded[:, :, i * dilation: i * dilation + stride * (h_out - 1) + 1: stride,
+                            j * dilation: j * dilation + stride * (w_out - 1) + 1: stride]
+            rows[..., i, j] = window.reshape(n, group, c // group, h_out, w_out).transpose(1, 0, 3, 4, 2)
+    return rows.reshape(group, n * h_out * w_out, -1)
+
+
+CONVOLUTIONS = [  # group, kernel, stride, pads (top, left, bottom, right), dilation, auto_pad
+    (1, 3, 1, (1, 1, 1, 1), 1, None),
+    (1, 1, 1, (0, 0, 0, 0), 1, None),
+    (1, 1, 2, (0, 0, 0, 0), 1, None),  # 1×1 with a stride: patches, not a reshape
+    (6, 3, 2, (0, 0, 1, 1), 1, None),  # depthwise, stride 2, TF "same" padding
+    (6, 3, 2, (1, 1, 1, 1), 1, "SAME_UPPER"),  # the pads auto_pad gives on 9×9
+    (2, 5, 1, (2, 2, 2, 2), 1, None),
+    (1, 3, 1, (2, 2, 2, 2), 2, None),
+]
+
+
+def conv_model(w: np.ndarray, group: int, stride: int, pads: tuple[int, ...], dilation: int,
+               auto_pad: str | None) -> onnx.ModelProto:
+    kernel = w.shape[2]
+    padding = {"auto_pad": auto_pad} if auto_pad else {"pads": list(pads)}
     node = helper.make_node("Conv", ["x", "w"], ["y"], name="c", kernel_shape=[kernel, kernel],
-                            strides=[stride, stride], pads=list(pads), group=group, dilations=[dilation, dilation])
+                            strides=[stride, stride], group=group, dilations=[dilation, dilation], **padding)
     graph = helper.make_graph([node], "c", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)],
                               [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
                               [numpy_helper.from_array(w, "w")])
-    expected = make_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])).run(
-        None, {"x": x})[0]
-    patches = conv_patches(x, node, (kernel, kernel))  # (groups, N·H·W, K)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize(("group", "kernel", "stride", "pads", "dilation", "auto_pad"), CONVOLUTIONS)
+def test_in_graph_hessian_is_the_gram_of_the_im2col_rows(group: int, kernel: int, stride: int,
+                                                         pads: tuple[int, ...], dilation: int,
+                                                         auto_pad: str | None) -> None:
+    """The reference rows times the weight are ORT's convolution, and the Hessian computed inside ORT (over
+    batches) is their augmented Gram matrix, in float64, to 1e-5 relative."""
+    channels, out_channels = 6, 6
+    x = RNG.normal(0.5, 1, (5, channels, 9, 9)).astype(np.float32)
+    w = RNG.normal(0, 1, (out_channels, channels // group, kernel, kernel)).astype(np.float32)
+    model = conv_model(w, group, stride, pads, dilation, auto_pad)
+    expected = make_session(model).run(None, {"x": x})[0]
+    patches = reference_patches(x, group, kernel, stride, pads, dilation)
     grouped = w.reshape(group, out_channels // group, -1)
     got = np.matmul(patches, grouped.transpose(0, 2, 1))  # (groups, N·H·W, out/groups)
     n, _, h, wd = expected.shape
     got = got.reshape(group, n, h, wd, -1).transpose(1, 0, 4, 2, 3).reshape(expected.shape)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    rows = np.concatenate([patches, np.ones((*patches.shape[:2], 1))], axis=2)
+    gram = np.matmul(rows.transpose(0, 2, 1), rows)
+    hessian = input_hessians(model, ["c"], x, 2, show_progress=False)["c"]
+    assert hessian.shape == gram.shape
+    np.testing.assert_allclose(hessian, gram, rtol=1e-5, atol=1e-5 * np.abs(gram).max())
+
+
+def test_gemm_hessian_is_the_gram_of_its_input_rows() -> None:
+    x = RNG.normal(0, 1, (7, 5)).astype(np.float32)
+    node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc", transB=1)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(RNG.normal(0, 1, (3, 5)).astype(np.float32), "w"),
+                               numpy_helper.from_array(np.zeros(3, np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    rows = np.hstack([x.astype(np.float64), np.ones((7, 1))])
+    np.testing.assert_allclose(input_hessians(model, ["fc"], x, 3, show_progress=False)["fc"], (rows.T @ rows)[None],
+                               rtol=1e-5, atol=1e-5)
 
 
 def correlated_rows(count: int, mixing: np.ndarray) -> np.ndarray:
@@ -97,6 +148,36 @@ def test_act_order_is_in_order_rounding_of_the_permuted_columns() -> None:
                                                free_columns=1)
     assert np.array_equal(codes[:, :, order[:k]], permuted_codes)
     np.testing.assert_array_equal(bias, permuted_bias)
+
+
+def column_by_column(weight: np.ndarray, hessian: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """GPTQ without lazy batches, per-row scales, one free column: every column's error updates all later ones."""
+    upper = np.linalg.cholesky(np.linalg.inv(damped(hessian))).transpose(0, 2, 1)
+    k = weight.shape[2] - 1
+    absolute = np.abs(weight[:, :, :k])
+    pinned = np.concatenate([absolute == absolute.max(axis=2, keepdims=True), np.zeros((*weight.shape[:2], 1), bool)],
+                            axis=2)
+    w = weight.copy()
+    codes = np.empty(w[:, :, :k].shape, np.int8)
+    for j in range(k):
+        q = np.clip(np.round(w[:, :, j : j + 1] / scale), -127, 127)
+        codes[:, :, j] = q[:, :, 0]
+        error = (w[:, :, j : j + 1] - q * scale) / upper[:, j, j][:, None, None]
+        w[:, :, j + 1 :] -= error * upper[:, None, j, j + 1 :]
+        w[:, :, j + 1 :] = np.where(pinned[:, :, j + 1 :], weight[:, :, j + 1 :], w[:, :, j + 1 :])
+    return codes, w[:, :, k:]
+
+
+def test_lazy_batch_updates_round_as_column_by_column_gptq() -> None:
+    k, rows = 300, 7  # more than two blocks of columns
+    hessian = hessian_of(correlated_rows(2000, RNG.normal(0, 1, (k, k)) * RNG.uniform(0.1, 3.0, k)))
+    original = RNG.normal(0, 1, (1, rows, k + 1))
+    encoding = weight_encoding(original[0, :, :k], True)
+    codes, bias = gptq_round(original, hessian, encoding, free_columns=1)
+    expected_codes, expected_bias = column_by_column(original, hessian, encoding.scale.reshape(1, -1, 1))
+    assert k > 2 * BLOCK
+    assert np.array_equal(codes, expected_codes)
+    np.testing.assert_allclose(bias, expected_bias, rtol=1e-9, atol=1e-9)
 
 
 def test_output_error_matches_the_direct_computation() -> None:
@@ -154,7 +235,7 @@ def test_hessians_see_the_quantized_inputs_the_int8_layers_read() -> None:
     coarse = activation_encoding(-1.0, 1.0)  # clips and rounds visibly
     hessian = input_hessians(with_activation_qdq(model, {"x": coarse}), ["c1"], data, 4)["c1"]
     node = next(n for n in model.graph.node if n.name == "c1")
-    rows = conv_patches(coarse.fake_quantize(data), node, (3, 3))
+    rows = reference_patches(coarse.fake_quantize(data), 1, 3, 1, tuple(attribute(node, "pads", [0] * 4)), 1)
     rows = np.concatenate([rows, np.ones((*rows.shape[:2], 1), rows.dtype)], axis=2)
     expected = np.matmul(rows.transpose(0, 2, 1).astype(np.float64), rows)
     np.testing.assert_allclose(hessian, expected, rtol=1e-4, atol=1e-3)

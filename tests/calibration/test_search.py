@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 
 import calibration.evaluate
+import calibration.steps.techniques
 import workload.dataset
 import workload.inputs
 import workload.preprocess
 from calibration.evaluate import top1_agreement
 from calibration.graph.session import make_session, run_batches
 from calibration.pipeline import held_out_agreement
-from calibration.steps.runner import write_int8
+from calibration.steps.runner import PrefixCache, run_steps, write_int8
 from calibration.steps.search import plot_scores, search_techniques
 from calibration.steps.state import StepContext
 from calibration.steps.techniques import check_techniques
@@ -69,3 +70,32 @@ def test_held_out_agreement_separates_calibration_images() -> None:
     split = held_out_agreement(float_logits, int8_logits, np.array([True, True, False, False]))
     assert split == {"agreement_calibration": 1.0, "agreement_held_out": 0.5}
     assert np.isnan(held_out_agreement(float_logits, int8_logits, np.ones(4, bool))["agreement_held_out"])
+
+
+def test_candidates_from_the_prefix_cache_equal_fresh_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A list run from a cached prefix (and with the Hessians of the other column order) writes the same int8
+    model as the list run alone, and the shared prefix and Hessian pass ran once."""
+    data = images(24)
+    model = bn_model()
+    calls = {"hessians": 0, "profile": 0}
+    techniques_module = calibration.steps.techniques
+    real_hessians, real_profile = techniques_module.layer_hessians, techniques_module.profile_activations
+
+    def counting(name, real):
+        def wrapped(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(techniques_module, "layer_hessians", counting("hessians", real_hessians))
+    monkeypatch.setattr(techniques_module, "profile_activations", counting("profile", real_profile))
+    cache = PrefixCache()
+    lists = ["fold_bn,cle,profile", "fold_bn,cle,profile,gptq", "fold_bn,cle,profile,gptq:act_order",
+             "fold_bn,cle,profile,bias_correction"]
+    cached = [run_steps(model, StepContext(config_with(t, "per-channel"), data, False), cache) for t in lists]
+    assert calls == {"hessians": 1, "profile": 1}
+    for techniques, state in zip(lists, cached):
+        fresh = run_steps(model, StepContext(config_with(techniques, "per-channel"), data, False))
+        assert [s["step"] for s in state.report["steps"]] == techniques.split(",")
+        assert write_int8(state, True)[0].SerializeToString() == write_int8(fresh, True)[0].SerializeToString()
+    assert calls["profile"] == 1 + len(lists)

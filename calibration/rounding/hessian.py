@@ -1,0 +1,172 @@
+"""GPTQ's input Hessians H = Σ x̃x̃ᵀ (x̃ = [x; 1]) computed inside ONNX Runtime, in the pass that produces the
+quantized inputs.
+
+For each layer the graph gets a few extra nodes: a convolution's input rows are its im2col patches, extracted by
+a Conv with one-hot kernels (``group`` = input channels, one output channel per kernel tap, the layer's own
+strides, pads and dilations), or the input itself reshaped for a 1×1 stride-1 convolution. The patches are laid
+out (groups, K, N·rows) and multiplied with their transpose, one batched GEMM per layer and batch; their sum over
+rows gives the bias column. Only the (groups, K, K) Gram matrices and (groups, K) sums leave ORT, in float32 per
+batch, and are accumulated across batches in float64.
+
+This replaced numpy im2col copies and per-layer numpy GEMMs over every activation copied out of ORT, which
+ran the pass at 7.7 images/s on MobileNetV2 (results/experiments/gptq_speed.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from tqdm import tqdm
+
+from calibration.graph.index import GraphIndex, attribute, conv_group, input_name
+from calibration.graph.session import make_session
+from workload.errors import CalibrationError
+
+
+@dataclass(frozen=True)
+class _Outputs:
+    gram: str  # (groups, K, K) over the batch's rows
+    total: str  # (groups, K): the rows' sum
+    shape: str  # int64 [groups, K, rows]: the batch's row count
+
+
+def _one_hot_kernels(channels: int, kh: int, kw: int) -> np.ndarray:
+    """(channels·kh·kw, 1, kh, kw): output channel c·kh·kw + i·kw + j copies tap (i, j) of input channel c."""
+    taps = kh * kw
+    kernels = np.zeros((channels * taps, 1, kh, kw), np.float32)
+    kernels[np.arange(channels * taps), 0, np.tile(np.arange(taps) // kw, channels),
+            np.tile(np.arange(taps) % kw, channels)] = 1.0
+    return kernels
+
+
+def _is_pointwise(node: onnx.NodeProto, kh: int, kw: int) -> bool:
+    pads = attribute(node, "pads", [0, 0, 0, 0])
+    auto_pad = attribute(node, "auto_pad", b"NOTSET")
+    strides = attribute(node, "strides", [1, 1])
+    same = auto_pad in (b"SAME_UPPER", b"SAME_LOWER", "SAME_UPPER", "SAME_LOWER")
+    return (kh, kw) == (1, 1) and list(strides) == [1, 1] and (same or not any(pads))
+
+
+class _Builder:
+    """Appends the Hessian nodes of each layer to a copy of the model."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.model = onnx.ModelProto()
+        self.model.CopyFrom(model)
+        del self.model.graph.output[:]
+        self.opset = next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), 1)
+        if self.opset < 13:
+            raise CalibrationError(f"gptq: the in-graph Hessians need opset 13 or later (the model has {self.opset})")
+        self.index = GraphIndex.build(self.model)
+
+    def _constant(self, name: str, value: np.ndarray) -> str:
+        self.model.graph.initializer.append(numpy_helper.from_array(value, name))
+        return name
+
+    def _node(self, op: str, inputs: list[str], output: str, **attributes) -> str:
+        self.model.graph.node.append(helper.make_node(op, inputs, [output], **attributes))
+        return output
+
+    def _reduce_sum(self, data: str, axes: list[int], output: str) -> str:
+        return self._node("ReduceSum", [data, self._constant(f"{output}.axes", np.array(axes, np.int64))], output,
+                          keepdims=0)
+
+    def add(self, node: onnx.NodeProto) -> _Outputs:
+        """The layer's patches as (groups, K, rows), their Gram matrices and sums, as graph outputs."""
+        prefix = f"{node.name}.hessian"
+        x = node.input[0]
+        if node.op_type == "Gemm":
+            if attribute(node, "transA", 0):
+                raise CalibrationError(f"Gemm '{node.name}': gptq does not handle transA=1")
+            rows = self._node("Transpose", [x], f"{prefix}.rows_t", perm=[1, 0])  # (K, N)
+            groups = 1
+            patches = self._node("Unsqueeze", [rows, self._constant(f"{prefix}.unsqueeze", np.array([0], np.int64))],
+                                 f"{prefix}.patches")  # (1, K, N)
+        elif node.op_type == "Conv":
+            weight = self.index.constant(node.input[1])
+            if weight.ndim != 4:
+                raise CalibrationError(f"Conv '{node.name}': gptq handles 2-D convolutions only")
+            kh, kw = weight.shape[2:]
+            groups = conv_group(node)
+            channels = weight.shape[1] * groups
+            source = x
+            if not _is_pointwise(node, kh, kw):
+                attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute
+                              if a.name in ("strides", "pads", "dilations", "auto_pad")}
+                kernels = self._constant(f"{prefix}.one_hot", _one_hot_kernels(channels, kh, kw))
+                source = self._node("Conv", [x, kernels], f"{prefix}.im2col", group=channels,
+                                    kernel_shape=[kh, kw], **attributes)
+            k = weight.shape[1] * kh * kw
+            shaped = self._node("Reshape", [source, self._constant(f"{prefix}.shape4", np.array(
+                [0, groups, k, -1], np.int64))], f"{prefix}.per_image")  # (N, groups, K, H·W)
+            moved = self._node("Transpose", [shaped], f"{prefix}.moved", perm=[1, 2, 0, 3])  # (groups, K, N, H·W)
+            patches = self._node("Reshape", [moved, self._constant(f"{prefix}.shape3", np.array(
+                [groups, k, -1], np.int64))], f"{prefix}.patches")  # (groups, K, rows)
+        else:
+            raise CalibrationError(f"gptq: '{node.name}' is a {node.op_type}, not a Conv or Gemm")
+        if groups == 1:
+            flat = self._node("Squeeze", [patches, self._constant(f"{prefix}.squeeze", np.array([0], np.int64))],
+                              f"{prefix}.flat")
+            gram2d = self._node("Gemm", [flat, flat], f"{prefix}.gram2d", transB=1)
+            gram = self._node("Unsqueeze", [gram2d, f"{prefix}.squeeze"], f"{prefix}.gram")
+        else:
+            transposed = self._node("Transpose", [patches], f"{prefix}.patches_t", perm=[0, 2, 1])
+            gram = self._node("MatMul", [patches, transposed], f"{prefix}.gram")
+        total = self._reduce_sum(patches, [2], f"{prefix}.sum")
+        shape = self._node("Shape", [patches], f"{prefix}.shape")
+        outputs = _Outputs(gram, total, shape)
+        self.model.graph.output.extend([helper.make_tensor_value_info(gram, TensorProto.FLOAT, None),
+                                        helper.make_tensor_value_info(total, TensorProto.FLOAT, None),
+                                        helper.make_tensor_value_info(shape, TensorProto.INT64, None)])
+        return outputs
+
+
+def input_hessians(model: onnx.ModelProto, layer_names: Sequence[str], images: np.ndarray,
+                   batch_size: int, show_progress: bool = True) -> dict[str, np.ndarray]:
+    """Each named layer's H = Σ x̃x̃ᵀ over its input rows (x̃ = [x; 1]) per group, (groups, K+1, K+1), over
+    ``images`` through ``model``, streamed batch by batch (float32 products per batch inside ORT, accumulated
+    in float64).
+
+    The layers are looked up in ``model`` itself, so in a model from ``with_activation_qdq`` their inputs
+    are the dequantized tensors, exactly what the int8 layers will read."""
+    wanted = set(layer_names)
+    layers = [n for n in model.graph.node if n.name in wanted]
+    builder = _Builder(model)
+    outputs = {node.name: builder.add(node) for node in layers}
+    # ORT's graph optimizations rewrite QDQ around float weights inexactly: they stay off here.
+    session = make_session(builder.model, optimize=False)
+    feed = input_name(model)
+    names = [o.name for o in session.get_outputs()]
+    grams: dict[str, np.ndarray] = {}
+    sums: dict[str, np.ndarray] = {}
+    rows: dict[str, int] = {}
+    with tqdm(total=len(images), desc="gptq inputs", unit="img", disable=not show_progress) as progress:
+        for start in range(0, len(images), batch_size):
+            batch = np.ascontiguousarray(images[start : start + batch_size])
+            values = dict(zip(names, session.run(names, {feed: batch})))
+            for name, out in outputs.items():
+                if name not in grams:
+                    grams[name] = np.zeros(values[out.gram].shape, np.float64)
+                    sums[name] = np.zeros(values[out.total].shape, np.float64)
+                    rows[name] = 0
+                grams[name] += values[out.gram]
+                sums[name] += values[out.total]
+                rows[name] += int(values[out.shape][2])
+            progress.update(len(batch))
+    return {name: _augmented(grams[name], sums[name], rows[name]) for name in grams}
+
+
+def _augmented(gram: np.ndarray, total: np.ndarray, rows: int) -> np.ndarray:
+    """[[XᵀX, Σx], [Σxᵀ, rows]] per group."""
+    groups, k, _ = gram.shape
+    hessian = np.empty((groups, k + 1, k + 1))
+    hessian[:, :k, :k] = gram
+    hessian[:, :k, k] = total
+    hessian[:, k, :k] = total
+    hessian[:, k, k] = rows
+    return hessian
+
