@@ -40,12 +40,11 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.calibration_speed import GIB, source_state
-from benchmarks.common import BenchInputs, fidelity, prepare_inputs, run_main
+from benchmarks.common import BenchInputs, fidelity, prepare_inputs, run_main, start_benchmark
 from benchmarks.peers.run_peer import run_measured
 from calibration.graph.io import load_model, save_model
 from calibration.graph.session import make_session, run_batches
 from calibration.source.models.resnet50 import build_resnet50_shaped
-from harness.sample_data import fill_sample_images
 from workload.config import DatasetConfig, load_workload
 from workload.files import save_array, save_figure, write_json
 from workload.inputs import load_workload_data
@@ -199,10 +198,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     args = parse_args()
-    samples = os.environ.get("IMAGENET_SAMPLES_DIR", "").strip()
-    fill_sample_images(ROOT / "data" / "imagenet-samples", Path(samples) if samples else None)
+    start_benchmark(ROOT)
     rows: list[dict[str, Any]] = []
     loaded: dict[str, tuple[BenchInputs, np.ndarray]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-pipelines-") as tmp:

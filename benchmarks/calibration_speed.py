@@ -34,11 +34,10 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
-from benchmarks.common import fidelity, prepare_inputs, run_main
+from benchmarks.common import fidelity, prepare_inputs, run_main, start_benchmark
 from benchmarks.peers.run_peer import PeerError, run_measured
 from calibration.graph.io import load_model
 from calibration.graph.session import make_session, run_batches
-from harness.sample_data import fill_sample_images
 from workload.files import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,10 +187,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     args = parse_args()
-    samples = os.environ.get("IMAGENET_SAMPLES_DIR", "").strip()
-    fill_sample_images(ROOT / "data" / "imagenet-samples", Path(samples) if samples else None)
+    start_benchmark(ROOT)
     runs = [Run("ort", m, w) for w in args.weights for m in args.ort] + \
            [Run("ours", m, w) for w in args.weights for m in args.ours]
     source = source_state()

@@ -3,6 +3,8 @@ peers), the fidelity figures of a model's logits, and the merge of a run's rows 
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +16,7 @@ import onnx
 from calibration.evaluate import accuracy, sqnr_db, top1_agreement
 from calibration.graph.io import save_model
 from calibration.source.importer import import_float_model
+from harness.sample_data import fill_sample_images
 from workload.config import WorkloadConfig, load_workload
 from workload.dataset import Dataset
 from workload.errors import HarnessError
@@ -83,3 +86,10 @@ def run_main(main: Callable[[], int | None]) -> int:
     except HarnessError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def start_benchmark(root: Path) -> None:
+    """Timestamped logging, and ``data/imagenet-samples`` filled (from ``IMAGENET_SAMPLES_DIR`` when it is set)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    samples = os.environ.get("IMAGENET_SAMPLES_DIR", "").strip()
+    fill_sample_images(root / "data" / "imagenet-samples", Path(samples) if samples else None)
