@@ -1,9 +1,9 @@
 """``make calibrate BACKEND=qnn-htp``: the HTP form, its EPContext model, HTP accuracy and CPU/HTP parity.
 
 Runs inside the calibrate command (as one of its target evaluations), after the CPU int8 model and encodings.json
-are written: the HTP form is built from those two files, so both models carry the same encodings. The two new
-models are written under hidden names and renamed into place only after every HTP figure was measured, so a
-failure or Ctrl-C leaves neither. Every figure in the ``htp`` report section is from the QNN HTP x86 emulator.
+are written: the HTP form is built from those two files, so both models carry the same encodings. Its files are
+staged in the calibration's result set and published with the report after every HTP figure was measured, so a
+failure or Ctrl-C leaves none of them. Every figure in the ``htp`` report section is from the QNN HTP x86 emulator.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 
 QNN_MODEL = "model.int8.qnn.onnx"
 CONTEXT_MODEL = "model.int8.qnn_ctx.onnx"
-HTP_FILES = (QNN_MODEL, CONTEXT_MODEL, "plots/htp_parity.png")
 PARITY_IMAGES = 4  # per-tensor parity: the emulator takes about a second an image
 
 

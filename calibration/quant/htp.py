@@ -13,11 +13,10 @@ both measured on the QNN HTP emulator (onnxruntime-qnn 2.7.0):
 from __future__ import annotations
 
 import onnx
-from onnx import helper
 
 from calibration.graph.index import GraphIndex
-from calibration.quant.emit import add_initializer
-from calibration.quant.encodings import NUMPY_DTYPES, Encoding
+from calibration.quant.emit import qdq_pair
+from calibration.quant.encodings import Encoding
 from workload.errors import CalibrationError
 
 
@@ -35,16 +34,11 @@ def _quantize_output(model: onnx.ModelProto, index: GraphIndex, name: str, encod
     producer = index.producer[name]
     unquantized = f"{name}.float"
     producer.output[list(producer.output).index(name)] = unquantized
-    zero_dtype = NUMPY_DTYPES[encoding.dtype]
-    scale = add_initializer(model, f"{name}.scale", encoding.scale.astype("float32"))
-    zero = add_initializer(model, f"{name}.zero_point", encoding.zero_point.astype(zero_dtype))
+    nodes, _ = qdq_pair(model, name, encoding)  # the writer's pair, rewired: it reads the float copy, writes ``name``
+    nodes[0].input[0] = unquantized
+    nodes[1].output[0] = name
     at = list(model.graph.node).index(producer) + 1  # right after the producer: the graph stays sorted
-    for offset, node in enumerate([
-        helper.make_node("QuantizeLinear", [unquantized, scale, zero], [f"{name}.quantized"],
-                         name=f"{name}.QuantizeLinear"),
-        helper.make_node("DequantizeLinear", [f"{name}.quantized", scale, zero], [name],
-                         name=f"{name}.DequantizeLinear"),
-    ]):
+    for offset, node in enumerate(nodes):
         model.graph.node.insert(at + offset, node)
 
 
