@@ -30,13 +30,9 @@ def calibrate_workload(config: WorkloadConfig, root: Path, eval_limit: int | Non
                        ) -> tuple[CalibrationSummary, Any]:
     """The calibrate command; with ``harness.backend: qnn-htp`` also the HTP form, context model and HTP figures
     (returned second, else None)."""
-    from harness.htp_target import HTP_FILES, HtpTarget
+    from harness.htp_target import HtpTarget
 
-    if config.harness.backend != "qnn-htp":
-        for stale in (build_dir(root, config.name) / name for name in HTP_FILES):
-            if stale.is_file():  # from an earlier HTP calibration: it would not match the new encodings
-                log.info("removing %s: this calibration has no HTP evaluation", stale)
-                stale.unlink()
+    if config.harness.backend != "qnn-htp":  # an earlier HTP calibration's files go when this result is published
         return calibrate(config, root, show_progress), None
 
     target = HtpTarget(config.harness.qnn, eval_limit, show_progress)

@@ -11,7 +11,8 @@ Adding files to a finished result (another caller's extra outputs of the same ca
 model): ``ResultSet.extend(folder, report_name)`` starts from the finished report; ``stage(name)`` gives the path
 to write each new file to; ``publish({"htp": {...}})`` merges the new sections into the report and the new files
 into its ``files`` table, with the same three steps. A file left in the folder but absent from the finished
-report's ``files`` is not part of the result.
+report's ``files`` is not part of the result; the files of the previous result that the new one does not list are
+removed once the new report is written.
 """
 
 from __future__ import annotations
@@ -113,8 +114,23 @@ class ResultSet:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 (self._staging / name).replace(target)
         write_json(report_path, report)
+        self._remove_superseded(previous, files)
         self.discard()
         return report
+
+    def _remove_superseded(self, previous: dict[str, Any] | None, files: dict[str, str]) -> None:
+        """Delete the files the previous finished result listed that this one does not (an earlier calibration's
+        HTP models, say), once the new report is in place: they describe an older result."""
+        listed = previous.get("files") if previous else None
+        if not isinstance(listed, dict):
+            return
+        for name in listed:
+            if not isinstance(name, str) or name in files or Path(name).is_absolute() or ".." in Path(name).parts:
+                continue  # a name read from a file never leads outside the folder
+            stale = self.folder / name
+            if stale.is_file():
+                log.info("removing %s: the new result does not include it", stale)
+                stale.unlink()
 
     def discard(self) -> None:
         """Remove the staging folder and whatever is still in it."""

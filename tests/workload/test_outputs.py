@@ -4,6 +4,7 @@ truncated images (case 8), the cache key (case 9) and result sets that another c
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import subprocess
@@ -211,3 +212,25 @@ def test_another_caller_extends_a_finished_result(tmp_path: Path) -> None:
     (folder / "model.int8.qnn.onnx").write_bytes(b"changed")
     assert read_finished(folder, "report.json") is None
     assert leftovers(folder) == []
+
+
+def test_a_new_result_removes_the_files_only_the_previous_one_listed(tmp_path: Path) -> None:
+    """A CPU-only calibration after an HTP one: the HTP files describe the older encodings and go, but only once
+    the new report is written, and a name read from the old report never reaches outside the folder."""
+    folder = tmp_path / "build" / "w"
+    outside = tmp_path / "outside.onnx"
+    outside.write_bytes(b"keep")
+    first = ResultSet(folder, "report.json")
+    for name in ("model.int8.onnx", "model.int8.qnn.onnx", "plots/htp.png"):
+        first.stage(name).write_bytes(name.encode())
+    first.publish({})
+    report = json.loads((folder / "report.json").read_text())
+    report["files"]["../../outside.onnx"] = "0" * 64  # a tampered report
+    (folder / "report.json").write_text(json.dumps(report))
+    second = ResultSet(folder, "report.json")
+    second.stage("model.int8.onnx").write_bytes(b"new")
+    assert (folder / "model.int8.qnn.onnx").is_file()  # still there while the new result is only staged
+    second.publish({})
+    assert not (folder / "model.int8.qnn.onnx").exists() and not (folder / "plots" / "htp.png").exists()
+    assert (folder / "model.int8.onnx").read_bytes() == b"new" and outside.read_bytes() == b"keep"
+    assert set(read_finished(folder, "report.json")["files"]) == {"model.int8.onnx"}
