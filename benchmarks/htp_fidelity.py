@@ -5,7 +5,7 @@ For MobileNetV2 and EfficientNet-Lite0, per-channel and per-tensor weights:
 - the peer: ONNX Runtime's ``quantize_static`` made QNN-ready by its ``get_qnn_qdq_config`` (MinMax, uint8
   activations, int8 symmetric weights as ours), on the float model BN-folded and shape-inferred by
   ``quant_pre_process`` and fixed to batch 1 (with BatchNormalization left in, ORT's QNN-config model ran whole on
-  the HTP at 1-3 % top-1 while the same file kept 86.9 % agreement on the CPU).
+  the HTP but far from its CPU twin: results/experiments/htp.md).
 
 Each model runs on the HTP with CPU fallback disabled (a model that the HTP does not take whole is recorded as
 such, with QNN's reason) and on the CPU provider, on the first ``--images`` evaluation images. Agreement with

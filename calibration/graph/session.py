@@ -4,9 +4,9 @@ Float sessions run with ORT's graph optimizations off, so that equivalence tests
 ORT's fusions; int8 models are evaluated with every optimization on, as deployed.
 
 Calibration sessions do not spin: ORT's worker threads otherwise busy-wait between operators, and with one other
-CPU-bound process on the cores they lose far more than their share (the issue measured GPTQ's input pass falling
-from 7.7 images/s to 1.2–5.5 s per image). Throughput measurements pass ``spinning=True``, which gives their best
-figure on a quiet machine; the LoadGen sessions set their own options (harness/loadgen/backend.py).
+CPU-bound process on the cores they lose far more than their share (results/experiments/gptq_speed.md).
+Throughput measurements pass ``spinning=True``, which gives their best figure on a quiet machine; the LoadGen
+sessions set their own options (harness/loadgen/backend.py).
 """
 
 from __future__ import annotations

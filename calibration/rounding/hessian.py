@@ -9,7 +9,7 @@ rows gives the bias column. Only the (groups, K, K) Gram matrices and (groups, K
 batch, and are accumulated across batches in float64.
 
 This replaced numpy im2col copies and per-layer numpy GEMMs over every activation copied out of ORT, which
-ran the pass at 7.7 images/s on MobileNetV2 (results/experiments/gptq_speed.md).
+were several times slower (results/experiments/gptq_speed.md).
 """
 
 from __future__ import annotations

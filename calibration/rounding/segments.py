@@ -2,8 +2,8 @@
 
 Sequential bias correction needs, for each weighted layer in graph order, the per-channel mean of that
 layer's output over the images, computed after every earlier layer's shift was applied. Holding every
-live tensor for all images between segments (the first version) peaked at 2.8 GiB on MobileNetV2: the
-112×112 expansions of its first blocks, times 320 images.
+live tensor for all images between segments costs several GiB on MobileNetV2 (the 112×112 expansions of its
+first blocks, times every image: results/experiments/bias_correction.md).
 
 Here the tensors live after a segment are kept for all images only where they fit ``budget_bytes``
 (a checkpoint). Otherwise each later layer's means are recomputed batch by batch from the latest
