@@ -1,4 +1,4 @@
-"""Atomic file writes, result sets and hashing, shared by every module that writes a result.
+"""Atomic file writes and hashing, shared by every module that writes a result (``result_set`` builds on them).
 
 Each write goes to a temporary file beside the target and is renamed into place, so a crash or
 Ctrl-C never leaves a half-written file that looks complete. A failed write (permission denied, read-only
@@ -56,18 +56,26 @@ def remove_abandoned(folder: Path) -> None:
                 path.unlink(missing_ok=True)
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
+@contextmanager
+def atomic_target(path: Path) -> Iterator[Path]:
+    """The temporary path to write ``path``'s contents to; renamed into place when the block ends without an
+    error, removed otherwise. An ``OSError`` on the way is one ``OutputError`` naming ``path``."""
     tmp = temporary_path(path)
     with writing(path):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(data, bytes):
-                tmp.write_bytes(data)
-            else:
-                tmp.write_text(data)
+            yield tmp
             tmp.replace(path)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    with atomic_target(path) as tmp:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data)
 
 
 def write_json(path: Path, document: Any) -> None:
@@ -75,29 +83,19 @@ def write_json(path: Path, document: Any) -> None:
 
 
 def save_array(path: Path, array: np.ndarray) -> None:
-    tmp = temporary_path(path)  # keeps the .npy suffix, so np.save adds none
-    with writing(path):
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.save(tmp, np.ascontiguousarray(array))
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)
+    with atomic_target(path) as tmp:  # keeps the .npy suffix, so np.save adds none
+        np.save(tmp, np.ascontiguousarray(array))
 
 
 def save_figure(figure: Any, path: Path, dpi: int = 90) -> None:
     """Save a matplotlib figure atomically and close it."""
     import matplotlib.pyplot as plt
 
-    tmp = temporary_path(path)
-    with writing(path):
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic_target(path) as tmp:
             figure.savefig(tmp, dpi=dpi)
-            tmp.replace(path)
-        finally:
-            plt.close(figure)
-            tmp.unlink(missing_ok=True)
+    finally:
+        plt.close(figure)
 
 
 def sha256_of(path: Path) -> str:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from workload.config import PreprocessConfig
 from workload.dataset import resolve_entry
 from workload.errors import DataError, OutputError
-from workload.files import remove_abandoned, temporary_path, writing
+from workload.files import atomic_target, remove_abandoned, writing
 
 INTERPOLATIONS = {"bilinear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "bicubic": cv2.INTER_CUBIC}
 
@@ -108,16 +108,10 @@ def write_cache(path: Path, folder: Path, names: Sequence[str], cfg: PreprocessC
     if free < needed + FREE_MARGIN_BYTES:
         raise OutputError(f"{path.parent}: the preprocessed images need {needed / 2**20:.0f} MiB, "
                           f"only {free / 2**20:.0f} MiB free")
-    tmp = temporary_path(path)
-    with writing(path):
-        try:
-            with tmp.open("wb") as handle:
-                np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False, "shape": shape})
-                for name in tqdm(names, desc="preprocess", unit="img", disable=not show_progress):
-                    handle.write(preprocess_image(resolve_entry(folder, name, folder), cfg, allow_truncated).tobytes())
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)
+    with atomic_target(path) as tmp, tmp.open("wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        for name in tqdm(names, desc="preprocess", unit="img", disable=not show_progress):
+            handle.write(preprocess_image(resolve_entry(folder, name, folder), cfg, allow_truncated).tobytes())
 
 
 def load_tensors(folder: Path, names: Sequence[str], cfg: PreprocessConfig, cache_dir: Path,
