@@ -15,6 +15,7 @@ from pathlib import Path
 
 from workload.dataset import IMAGE_SUFFIXES, derive_val_map, write_val_map
 from workload.errors import DataError
+from workload.files import atomic_target
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +72,14 @@ def fill_calibration_lists(target: Path, source: Path | None) -> Path:
         path = target / name
         if path.is_file():
             continue
-        tmp = path.with_name(f".{name}.tmp")
-        if source is not None:
-            if not (source / name).is_file():
-                raise DataError(f"{source / name}: MLPerf calibration list not found")
-            shutil.copyfile(source / name, tmp)
-        else:
-            try:
-                urllib.request.urlretrieve(CALIBRATION_LISTS_URL + name, tmp)
-            except OSError as err:
-                raise DataError(f"cannot download {CALIBRATION_LISTS_URL + name}: {err}") from err
-        tmp.replace(path)
+        if source is not None and not (source / name).is_file():
+            raise DataError(f"{source / name}: MLPerf calibration list not found")
+        with atomic_target(path) as tmp:
+            if source is not None:
+                shutil.copyfile(source / name, tmp)
+            else:
+                try:
+                    urllib.request.urlretrieve(CALIBRATION_LISTS_URL + name, tmp)
+                except OSError as err:
+                    raise DataError(f"cannot download {CALIBRATION_LISTS_URL + name}: {err}") from err
     return target
