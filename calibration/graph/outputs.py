@@ -77,3 +77,31 @@ def with_statistics_outputs(model: onnx.ModelProto, tensors: Sequence[str],
                 copy.graph.node.append(helper.make_node("Slice", inputs, [sample]))
             copy.graph.output.append(helper.make_tensor_value_info(sample, TensorProto.FLOAT, ["batch", None]))
     return copy
+
+
+def channel_range_names(tensor: str) -> str:
+    return f"{tensor}.channel_abs_max"
+
+
+def with_channel_range_outputs(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose outputs are each tensor's per-image, per-channel (axis 1) max|x|, shape (N, C),
+    reduced inside ORT so that no full activation is copied out."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    opset = next((o.version for o in copy.opset_import if o.domain in ("", "ai.onnx")), 1)
+    del copy.graph.output[:]
+    shape = "channel_ranges.per_channel_shape"
+    copy.graph.initializer.append(numpy_helper.from_array(np.array([0, 0, -1], np.int64), shape))
+    for tensor in tensors:
+        magnitude, rows, name = f"{tensor}.abs", f"{tensor}.per_channel", channel_range_names(tensor)
+        copy.graph.node.append(helper.make_node("Abs", [tensor], [magnitude]))
+        copy.graph.node.append(helper.make_node("Reshape", [magnitude, shape], [rows]))
+        if opset >= 18:
+            axes = f"{name}.axes"
+            copy.graph.initializer.append(numpy_helper.from_array(np.array([2], np.int64), axes))
+            copy.graph.node.append(helper.make_node("ReduceMax", [rows, axes], [name], keepdims=0))
+        else:
+            copy.graph.node.append(helper.make_node("ReduceMax", [rows], [name], axes=[2], keepdims=0))
+        copy.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", None]))
+    return copy
+

@@ -17,7 +17,13 @@ import onnx
 from tqdm import tqdm
 
 from calibration.graph.index import input_name
-from calibration.graph.outputs import statistics_names, with_outputs, with_statistics_outputs
+from calibration.graph.outputs import (
+    channel_range_names,
+    statistics_names,
+    with_channel_range_outputs,
+    with_outputs,
+    with_statistics_outputs,
+)
 from calibration.graph.session import make_session
 
 log = logging.getLogger(__name__)
@@ -141,16 +147,17 @@ class ChannelRanges:
 def profile_channel_ranges(model: onnx.ModelProto, tensors: Sequence[str], images: np.ndarray,
                            batch_size: int) -> dict[str, ChannelRanges]:
     """Per-channel ranges of each tensor, in one streamed pass."""
+    tensors = list(dict.fromkeys(tensors))
     if not tensors:
         return {}
-    session = make_session(with_outputs(model, list(tensors)), optimize=True)
+    session = make_session(with_channel_range_outputs(model, tensors), optimize=True)
     feed = input_name(model)
+    names = [channel_range_names(t) for t in tensors]
     sums: dict[str, np.ndarray] = {}
     maxima: dict[str, np.ndarray] = {}
     for start in range(0, len(images), batch_size):
         batch = np.ascontiguousarray(images[start : start + batch_size])
-        for name, value in zip(tensors, session.run(list(tensors), {feed: batch})):
-            per_image = np.abs(value).reshape(value.shape[0], value.shape[1], -1).max(axis=2)
+        for name, per_image in zip(tensors, session.run(names, {feed: batch})):
             total = per_image.sum(axis=0, dtype=np.float64)
             sums[name] = sums[name] + total if name in sums else total
             largest = per_image.max(axis=0).astype(np.float64)

@@ -46,6 +46,8 @@ CONVOLUTIONS = [  # group, kernel, stride, pads (top, left, bottom, right), dila
     (1, 1, 1, (0, 0, 0, 0), 1, None),
     (1, 1, 2, (0, 0, 0, 0), 1, None),  # 1×1 with a stride: patches, not a reshape
     (6, 3, 2, (0, 0, 1, 1), 1, None),  # depthwise, stride 2, TF "same" padding
+    (6, 3, 1, (1, 1, 1, 1), 1, None),  # depthwise, MobileNetV2's stride-1 form
+    (6, 5, 2, (2, 2, 2, 2), 2, None),  # depthwise 5×5, stride and dilation 2
     (6, 3, 2, (1, 1, 1, 1), 1, "SAME_UPPER"),  # the pads auto_pad gives on 9×9
     (2, 5, 1, (2, 2, 2, 2), 1, None),
     (1, 3, 1, (2, 2, 2, 2), 2, None),
