@@ -115,7 +115,9 @@ def timed(command: list[str], repeats: int, report: Path | None) -> dict[str, An
         if "technique_search" in steps[-1]:
             search = steps[-1]["technique_search"]
             result["chosen"] = search["chosen"]
-            result["candidates"] = {c["label"]: c["seconds"] for c in search["candidates"]}
+            result["scored_on"] = search["scored_on"]
+            result["candidates"] = {c["label"]: {"seconds": c["seconds"], "agreement": c["agreement"]}
+                                    for c in search["candidates"]}
     return result
 
 

@@ -110,16 +110,13 @@ class _Builder:
         prefix = f"{node.name}.hessian"
         strides = list(attribute(node, "strides", [1, 1]))
         dilations = list(attribute(node, "dilations", [1, 1]))
-        padded = self._node("Pad", [node.input[0], self._ints(f"{prefix}.pads", [0, 0, pads[0], pads[1], 0, 0,
-                                                                                pads[2], pads[3]])],
-                            f"{prefix}.padded")
-        images = self._node("Reshape", [padded, self._ints(f"{prefix}.images_shape", [1, -1, 0, 0])],
-                            f"{prefix}.images")  # (1, N·C, Hp, Wp)
+        images = self._node("Reshape", [node.input[0], self._ints(f"{prefix}.images_shape", [1, -1, 0, 0])],
+                            f"{prefix}.images")  # (1, N·C, H, W), padded by the Conv below
         kernels = self._node("Reshape", [patches, self._ints(f"{prefix}.kernels_shape", [-1, 1, 0, 0])],
                              f"{prefix}.kernels")  # (N·C·K, 1, Ho, Wo)
         # kernel_shape is left out: ORT takes it from the kernels' runtime shape.
         products = self._node("Conv", [images, kernels], f"{prefix}.products", group=self.batch * channels,
-                              dilations=strides, strides=dilations)  # (1, N·C·K, ≥kh, ≥kw)
+                              dilations=strides, strides=dilations, pads=pads)  # (1, N·C·K, ≥kh, ≥kw)
         taps = self._node("Slice", [products, self._ints(f"{prefix}.starts", [0, 0]),
                                     self._ints(f"{prefix}.ends", [kh, kw]), self._ints(f"{prefix}.axes", [2, 3])],
                           f"{prefix}.taps")
@@ -127,9 +124,12 @@ class _Builder:
                                                                                      kh * kw])],
                                f"{prefix}.per_image_gram")
         gram = self._reduce_sum(per_image, [0], f"{prefix}.gram")
-        flat_total = self._reduce_sum(patches, [0, 2, 3], f"{prefix}.flat_sum")
-        total = self._node("Reshape", [flat_total, self._ints(f"{prefix}.sum_shape", [channels, kh * kw])],
-                           f"{prefix}.sum")
+        # Summing the contiguous last axis first: one ReduceSum over axes (0, 2, 3) took as long as the products.
+        planes = self._node("Reshape", [patches, self._ints(f"{prefix}.planes_shape", [self.batch, channels * kh * kw,
+                                                                                      -1])], f"{prefix}.planes")
+        per_image_sum = self._reduce_sum(planes, [2], f"{prefix}.per_image_sum")
+        total = self._node("Reshape", [self._reduce_sum(per_image_sum, [0], f"{prefix}.flat_sum"),
+                                       self._ints(f"{prefix}.sum_shape", [channels, kh * kw])], f"{prefix}.sum")
         return self._outputs(gram, total, patches, (0, 2, 3))
 
     def add(self, node: onnx.NodeProto) -> _Outputs:

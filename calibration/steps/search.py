@@ -114,15 +114,15 @@ def search_techniques(float_model: onnx.ModelProto, ctx: StepContext) -> SearchR
     """Run the staged search on ``ctx.calibration_images``; return the best candidate's state and all scores."""
     reference = run_batches(make_session(float_model, optimize=True), ctx.calibration_images)
     scores: list[CandidateScore] = []
-    states: dict[str, PipelineState] = {}
+    kept: list[PipelineState] = []  # the best candidate's state so far: the others' models and Hessians go
     cache = PrefixCache()
 
     def attempt(label: str, techniques: tuple[TechniqueStep, ...]) -> None:
         log.info("auto: candidate %d, %s: %s", len(scores) + 1, label, ",".join(str(t) for t in techniques))
         score, state = _score(label, techniques, float_model, ctx, reference, cache)
+        if state is not None and all(score.key > s.key for s in scores):
+            kept[:] = [state]  # ties keep the earlier candidate, as max() below does
         scores.append(score)
-        if state is not None:
-            states[label] = state
 
     first_stage = first_stage_candidates()
     for label, techniques in first_stage.items():
@@ -143,7 +143,7 @@ def search_techniques(float_model: onnx.ModelProto, ctx: StepContext) -> SearchR
     if best.error:
         raise CalibrationError(f"auto: no technique combination could run ({best.error})")
     log.info("auto: chose %s", best.label)
-    return SearchResult(best, states[best.label], scores)
+    return SearchResult(best, kept[0], scores)
 
 
 def plot_scores(scores: list[CandidateScore], path: Path, title: str) -> None:
