@@ -117,9 +117,11 @@ class _Builder:
         # kernel_shape is left out: ORT takes it from the kernels' runtime shape.
         products = self._node("Conv", [images, kernels], f"{prefix}.products", group=self.batch * channels,
                               dilations=strides, strides=dilations, pads=pads)  # (1, N·C·K, ≥kh, ≥kw)
-        taps = self._node("Slice", [products, self._ints(f"{prefix}.starts", [0, 0]),
-                                    self._ints(f"{prefix}.ends", [kh, kw]), self._ints(f"{prefix}.axes", [2, 3])],
-                          f"{prefix}.taps")
+        taps = products  # with stride 1 the products are exactly kh×kw; a stride can leave a row or column more
+        if strides != [1, 1]:
+            taps = self._node("Slice", [products, self._ints(f"{prefix}.starts", [0, 0]),
+                                        self._ints(f"{prefix}.ends", [kh, kw]), self._ints(f"{prefix}.axes", [2, 3])],
+                              f"{prefix}.taps")
         per_image = self._node("Reshape", [taps, self._ints(f"{prefix}.gram_shape", [self.batch, channels, kh * kw,
                                                                                      kh * kw])],
                                f"{prefix}.per_image_gram")
