@@ -36,7 +36,7 @@ from workload.errors import CalibrationError
 
 @dataclass(frozen=True)
 class _Outputs:
-    gram: str  # (groups, K, K) over the batch's rows
+    gram: str  # (groups, K, K) over the batch's rows, or (K, K) for one group
     total: str  # (groups, K): the rows' sum
     shape: str  # int64: the shape of the tensor whose ``row_axes`` count the batch's rows
     row_axes: tuple[int, ...]
@@ -176,8 +176,8 @@ class _Builder:
         """Gram matrices and sums of (groups, K, rows) patches."""
         if groups == 1:
             flat = self._node("Squeeze", [patches, self._ints(f"{prefix}.squeeze", [0])], f"{prefix}.flat")
-            gram2d = self._node("Gemm", [flat, flat], f"{prefix}.gram2d", transB=1)
-            gram = self._node("Unsqueeze", [gram2d, f"{prefix}.squeeze"], f"{prefix}.gram")
+            # (K, K): numpy adds the group axis, an Unsqueeze here copied every Gram matrix
+            gram = self._node("Gemm", [flat, flat], f"{prefix}.gram", transB=1)
         else:
             transposed = self._node("Transpose", [patches], f"{prefix}.patches_t", perm=[0, 2, 1])
             gram = self._node("MatMul", [patches, transposed], f"{prefix}.gram")
@@ -216,11 +216,12 @@ def input_hessians(model: onnx.ModelProto, layer_names: Sequence[str], images: n
             names = [o.name for o in session.get_outputs()]
             values = dict(zip(names, session.run(names, {feed: batch})))
             for name, out in outputs.items():
+                gram = values[out.gram]
                 if name not in grams:
-                    grams[name] = np.zeros(values[out.gram].shape, np.float64)
+                    grams[name] = np.zeros(values[out.total].shape + gram.shape[-1:], np.float64)
                     sums[name] = np.zeros(values[out.total].shape, np.float64)
                     rows[name] = 0
-                grams[name] += values[out.gram]
+                grams[name] += gram  # (K, K) broadcasts over the one group
                 sums[name] += values[out.total]
                 rows[name] += int(np.prod(values[out.shape][list(out.row_axes)]))
             progress.update(len(batch))
