@@ -8,7 +8,7 @@ first blocks, times every image: results/experiments/bias_correction.md).
 Here the tensors live after a segment are kept for all images only where they fit ``budget_bytes``
 (a checkpoint). Otherwise each later layer's means are recomputed batch by batch from the latest
 checkpoint, through the segments since, applying their known shifts to each batch. Every segment runs
-on the same 16-image slices as before and every shift is subtracted from the same float32 output, so
+on the same ``BATCH_SIZE``-image slices as before and every shift is subtracted from the same float32 output, so
 the outputs are bit-identical to holding everything; only the mean is accumulated per batch (float64).
 """
 
@@ -25,7 +25,9 @@ from calibration.graph.outputs import segment_model
 from calibration.graph.session import make_session
 from workload.errors import CalibrationError
 
-BATCH_SIZE = 16
+# Images per segment run. Every segment session stays alive until a checkpoint, each holding its batch's
+# activations: batches of 4 peaked lower and ran faster than 16 (results/experiments/bias_correction.md).
+BATCH_SIZE = 4
 CHECKPOINT_BYTES = 128 * 2**20  # live tensors kept for all images; measured peaks in results/experiments/
 
 
