@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from calibration.graph.index import GraphIndex
+from workload.errors import CalibrationError
 
 
 def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
@@ -80,37 +80,38 @@ def with_statistics_outputs(model: onnx.ModelProto, tensors: Sequence[str],
     return copy
 
 
-ChannelStatistic = Literal["abs_max", "mean"]
+def channel_abs_max_name(tensor: str) -> str:
+    return f"{tensor}.channel_abs_max"
 
 
-def channel_statistic_name(tensor: str, statistic: ChannelStatistic) -> str:
-    return f"{tensor}.channel_{statistic}"
-
-
-def with_channel_statistic_outputs(model: onnx.ModelProto, tensors: Sequence[str], statistic: ChannelStatistic
-                                   ) -> onnx.ModelProto:
-    """A copy of ``model`` whose outputs are each tensor's per-image, per-channel (axis 1) max|x| or mean, shape
-    (N, C), reduced inside ORT so that no full activation is copied out."""
+def with_channel_abs_max_outputs(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose outputs are each tensor's per-image, per-channel (axis 1) max|x|, shape (N, C),
+    reduced inside ORT (exactly: a maximum does not round) right after the tensor's producer, so that no full
+    activation is copied out and each can be freed early."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     opset = next((o.version for o in copy.opset_import if o.domain in ("", "ai.onnx")), 1)
     del copy.graph.output[:]
-    shape = "channel_statistics.per_channel_shape"
+    shape = "channel_abs_max.per_channel_shape"
     copy.graph.initializer.append(numpy_helper.from_array(np.array([0, 0, -1], np.int64), shape))
-    op = "ReduceMax" if statistic == "abs_max" else "ReduceMean"
-    for tensor in tensors:
-        name = channel_statistic_name(tensor, statistic)
-        source = tensor
-        if statistic == "abs_max":
-            source = f"{name}.abs"
-            copy.graph.node.append(helper.make_node("Abs", [tensor], [source]))
-        rows = f"{name}.per_channel"
-        copy.graph.node.append(helper.make_node("Reshape", [source, shape], [rows]))
-        if opset >= 18:  # axes became an input in opset 18
-            axes = f"{name}.axes"
-            copy.graph.initializer.append(numpy_helper.from_array(np.array([2], np.int64), axes))
-            copy.graph.node.append(helper.make_node(op, [rows, axes], [name], keepdims=0))
-        else:
-            copy.graph.node.append(helper.make_node(op, [rows], [name], axes=[2], keepdims=0))
-        copy.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", None]))
+    wanted = set(tensors)
+    nodes = list(copy.graph.node)
+    del copy.graph.node[:]
+    for node in nodes:
+        copy.graph.node.append(node)
+        for tensor in (t for t in node.output if t in wanted):
+            name = channel_abs_max_name(tensor)
+            magnitude, rows = f"{name}.abs", f"{name}.per_channel"
+            copy.graph.node.append(helper.make_node("Abs", [tensor], [magnitude]))
+            copy.graph.node.append(helper.make_node("Reshape", [magnitude, shape], [rows]))
+            if opset >= 18:  # axes became an input in opset 18
+                axes = f"{name}.axes"
+                copy.graph.initializer.append(numpy_helper.from_array(np.array([2], np.int64), axes))
+                copy.graph.node.append(helper.make_node("ReduceMax", [rows, axes], [name], keepdims=0))
+            else:
+                copy.graph.node.append(helper.make_node("ReduceMax", [rows], [name], axes=[2], keepdims=0))
+            copy.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", None]))
+    missing = wanted - {t for n in nodes for t in n.output}
+    if missing:
+        raise CalibrationError(f"no node produces '{sorted(missing)[0]}'")
     return copy

@@ -18,9 +18,9 @@ from tqdm import tqdm
 
 from calibration.graph.index import input_name
 from calibration.graph.outputs import (
-    channel_statistic_name,
+    channel_abs_max_name,
     statistics_names,
-    with_channel_statistic_outputs,
+    with_channel_abs_max_outputs,
     with_outputs,
     with_statistics_outputs,
 )
@@ -150,9 +150,9 @@ def profile_channel_ranges(model: onnx.ModelProto, tensors: Sequence[str], image
     tensors = list(dict.fromkeys(tensors))
     if not tensors:
         return {}
-    session = make_session(with_channel_statistic_outputs(model, tensors, "abs_max"), optimize=True)
+    session = make_session(with_channel_abs_max_outputs(model, tensors), optimize=True)
     feed = input_name(model)
-    names = [channel_statistic_name(t, "abs_max") for t in tensors]
+    names = [channel_abs_max_name(t) for t in tensors]
     sums: dict[str, np.ndarray] = {}
     maxima: dict[str, np.ndarray] = {}
     for start in range(0, len(images), batch_size):
