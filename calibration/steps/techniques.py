@@ -94,8 +94,12 @@ def step_cle(state: PipelineState, ctx: StepContext, option: str | None) -> None
     fused = option in ("fused", "activation_aware_fused")
     channel_ranges = None
     if aware or fused:
-        channel_ranges = profile_channel_ranges(state.model, link_tensors(state.model), ctx.calibration_images,
-                                                ctx.config.calibration.batch_size)
+        # Branches of one state (the search's CLE variants after fold_bn) share its channel ranges.
+        source, channel_ranges = state.shared.get("cle_channel_ranges", (None, None))
+        if source is not state.model:
+            channel_ranges = profile_channel_ranges(state.model, link_tensors(state.model), ctx.calibration_images,
+                                                    ctx.config.calibration.batch_size)
+            state.shared["cle_channel_ranges"] = (state.model, channel_ranges)
     relu6 = "skip" if option == "skip_relu6" else "fused" if fused else "exact"
     result = equalize(state.model, state.folded, relu6=relu6, iterate=option == "iterate",
                       channel_ranges=channel_ranges, activation_aware=aware)

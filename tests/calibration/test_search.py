@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -19,7 +21,7 @@ from calibration.steps.state import StepContext
 from calibration.steps.techniques import check_techniques
 from tests.builders import bn_model, config_with, images
 from workload.config import parse_technique, with_overrides
-from workload.errors import WorkloadError
+from workload.errors import CalibrationError, WorkloadError
 
 
 def forbid(*_args, **_kwargs):
@@ -38,9 +40,8 @@ def test_auto_never_reads_labels_and_keeps_the_best(monkeypatch: pytest.MonkeyPa
     labels = [s.label for s in result.scores]
     assert labels[:6] == ["none", "CLE", "CLE+BA", "CLE(act-aware)+BA", "CLE(act-aware,fused)", "ReLU6→ReLU+CLE+BA"]
     stage_one = max(result.scores[:6], key=lambda s: s.key)
-    assert f"{stage_one.label}+BC(empirical)" in labels and f"{stage_one.label}+BC(analytical)" in labels
-    for stem in (stage_one.label, "CLE(act-aware,fused)"):
-        assert f"{stem}+GPTQ" in labels and f"{stem}+GPTQ(act-order)" in labels
+    assert labels[6:] == [f"{stage_one.label}+BC(empirical)", "CLE(act-aware,fused)+GPTQ",
+                          "CLE(act-aware,fused)+GPTQ(act-order)"]
     assert len(labels) == len(set(labels))
     assert result.best.key == max(s.key for s in result.scores)
     # the kept state is the winner's: re-quantizing it reproduces the recorded score
@@ -99,3 +100,44 @@ def test_candidates_from_the_prefix_cache_equal_fresh_runs(monkeypatch: pytest.M
         assert [s["step"] for s in state.report["steps"]] == techniques.split(",")
         assert write_int8(state, True)[0].SerializeToString() == write_int8(fresh, True)[0].SerializeToString()
     assert calls["profile"] == 1 + len(lists)
+
+
+def test_gptq_falls_back_to_the_best_first_stage_stem(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the fused activation-aware CLE cannot run, GPTQ still gets tried, on the best first-stage stem."""
+    technique = calibration.steps.techniques.TECHNIQUES["cle"]
+    real = technique.adapter
+
+    def no_fused(state, ctx, option):
+        if option == "activation_aware_fused":
+            raise CalibrationError("cle: no ReLU6 to fuse")
+        return real(state, ctx, option)
+
+    monkeypatch.setitem(calibration.steps.techniques.TECHNIQUES, "cle", dataclasses.replace(technique,
+                                                                                             adapter=no_fused))
+    result = search_techniques(bn_model(), StepContext(config_with("auto"), images(24), False))
+    labels = [s.label for s in result.scores]
+    fused = next(s for s in result.scores if s.label == "CLE(act-aware,fused)")
+    assert "no ReLU6 to fuse" in fused.error
+    stage_one = max(result.scores[:6], key=lambda s: s.key)
+    assert labels[6:] == [f"{stage_one.label}+BC(empirical)", f"{stage_one.label}+GPTQ",
+                          f"{stage_one.label}+GPTQ(act-order)"]
+
+
+def test_cle_variants_after_one_fold_share_its_channel_ranges(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The activation-aware CLE variants run from one cached fold_bn state profile its channel ranges once, and
+    each writes the model it writes alone."""
+    data = images(24)
+    model = bn_model()
+    techniques_module = calibration.steps.techniques
+    real = techniques_module.profile_channel_ranges
+    calls = []
+    monkeypatch.setattr(techniques_module, "profile_channel_ranges",
+                        lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
+    cache = PrefixCache()
+    lists = ["fold_bn,cle:activation_aware,high_bias_absorption,profile", "fold_bn,cle:activation_aware_fused,profile"]
+    cached = [run_steps(model, StepContext(config_with(t), data, False), cache) for t in lists]
+    assert len(calls) == 1
+    for techniques, state in zip(lists, cached):
+        fresh = run_steps(model, StepContext(config_with(techniques), data, False))
+        assert write_int8(state, False)[0].SerializeToString() == write_int8(fresh, False)[0].SerializeToString()
+    assert len(calls) == 1 + len(lists)
