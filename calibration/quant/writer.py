@@ -28,13 +28,15 @@ from workload.errors import CalibrationError
 
 
 def write_qdq_model(model: onnx.ModelProto, plan: QuantPlan, activations: dict[str, Encoding],
-                    per_channel: bool) -> tuple[onnx.ModelProto, dict[str, Encoding]]:
-    """The QDQ model and the parameter encodings it uses (weights and biases)."""
+                    per_channel: bool, float_weights: bool = False) -> tuple[onnx.ModelProto, dict[str, Encoding]]:
+    """The QDQ model and the parameter encodings it uses (weights and biases). With ``float_weights`` the
+    weights and biases stay float: every activation is exactly what the int8 model reads, in its layout
+    (GPTQ's Hessian pass runs this model)."""
     qmodel = onnx.ModelProto()
     qmodel.CopyFrom(model)
     index = GraphIndex.build(qmodel)
     params: dict[str, Encoding] = {}
-    weights = quantized_weights(qmodel, per_channel)
+    weights = {} if float_weights else quantized_weights(qmodel, per_channel)
 
     # Fold fusable activations: the producer writes the activation's output tensor directly.
     fused_nodes = [n for n in qmodel.graph.node if n.name in plan.fused]

@@ -9,8 +9,8 @@ compensate for it. The bias is the last column and is never quantized to int8: i
 error that the weights cannot (the mean part of it is what bias correction would remove).
 
 The inputs X come from one pass over the calibration images through the float model with every
-activation quantized as the int8 model will quantize it (when ``profile`` has run); H is computed inside
-ONNX Runtime in that pass (``calibration.rounding.hessian``).
+activation quantized as the int8 model will quantize it, in the int8 model's layout (``profile`` has run);
+H is computed inside ONNX Runtime in that pass (``calibration.rounding.hessian``).
 
 The target is the layer's own float weights on its quantized inputs, not the float model's outputs.
 Fitting each layer to the float outputs (so that it also compensates the quantization of its inputs)
@@ -41,7 +41,8 @@ from tqdm import tqdm
 from calibration.graph.index import GraphIndex, conv_group, fresh_name
 from calibration.graph.patterns import WEIGHTED_OPS, weight_axis
 from calibration.quant.encodings import Encoding, weight_encoding
-from calibration.quant.simulate import with_activation_qdq
+from calibration.quant.plan import QuantPlan
+from calibration.quant.writer import write_qdq_model
 from calibration.rounding.hessian import input_hessians
 from workload.errors import CalibrationError
 
@@ -163,21 +164,23 @@ def _layers(index: GraphIndex) -> list[onnx.NodeProto]:
     return [n for n in index.model.graph.node if n.op_type in WEIGHTED_OPS and index.is_constant(n.input[1])]
 
 
-def layer_hessians(model: onnx.ModelProto, activations: dict[str, Encoding], images: np.ndarray, batch_size: int,
-                   show_progress: bool = True) -> dict[str, np.ndarray]:
+def layer_hessians(model: onnx.ModelProto, plan: QuantPlan, activations: dict[str, Encoding], images: np.ndarray,
+                   batch_size: int, show_progress: bool = True) -> dict[str, np.ndarray]:
     """Every weighted layer's H on its quantized inputs: what ``round_weights`` needs, whatever the column order
-    or weight granularity (the search computes it once for both orders)."""
+    or weight granularity (the search computes it once for both orders). The inputs come from the int8 model's
+    own activation layout with float weights (``write_qdq_model(float_weights=True)``): the activations it folds
+    into a quantization or clamps in uint8 are not computed in float first."""
     layers = _layers(GraphIndex.build(model))
-    return input_hessians(with_activation_qdq(model, activations), [n.name for n in layers], images, batch_size,
-                          show_progress)
+    simulated, _ = write_qdq_model(model, plan, activations, per_channel=False, float_weights=True)
+    return input_hessians(simulated, [n.name for n in layers], images, batch_size, show_progress)
 
 
-def round_weights(model: onnx.ModelProto, activations: dict[str, Encoding], images: np.ndarray,
-                  per_channel: bool, batch_size: int, show_progress: bool = True, act_order: bool = False,
-                  hessians: dict[str, np.ndarray] | None = None) -> tuple[onnx.ModelProto, list[RoundedLayer]]:
+def round_weights(model: onnx.ModelProto, hessians: dict[str, np.ndarray], per_channel: bool,
+                  show_progress: bool = True, act_order: bool = False) -> tuple[onnx.ModelProto, list[RoundedLayer]]:
     """A copy of ``model`` whose weights are GPTQ-rounded values on their int8 grids and whose biases
     absorb the rest of the rounding error, with a per-layer report (``act_order``: see ``gptq_round``).
-    ``hessians``: ``layer_hessians`` of the same model, activations and images, when already computed."""
+    ``hessians``: ``layer_hessians`` of ``model`` (a zero bias added here to a layer without one changes no
+    layer's inputs)."""
     result = onnx.ModelProto()
     result.CopyFrom(model)
     index = GraphIndex.build(result)
@@ -190,8 +193,6 @@ def round_weights(model: onnx.ModelProto, activations: dict[str, Encoding], imag
         raise CalibrationError(f"gptq: MatMul '{matmul[0]}' has no bias to absorb the rounding error")
     biases = {node.name: _bias(index, result, node, index.constant(node.input[1]).shape[weight_axis(node)])
               for node in layers}
-    if hessians is None:  # the zero biases added above change no layer's inputs
-        hessians = layer_hessians(result, activations, images, batch_size, show_progress)
     report = []
     for node in tqdm(layers, desc="gptq rounding", unit="layer", disable=not show_progress):
         weight = index.constant(node.input[1])

@@ -198,8 +198,9 @@ def input_hessians(model: onnx.ModelProto, layer_names: Sequence[str], images: n
     ``images`` through ``model``, streamed batch by batch (float32 products per batch inside ORT, accumulated
     in float64).
 
-    The layers are looked up in ``model`` itself, so in a model from ``with_activation_qdq`` their inputs
-    are the dequantized tensors, exactly what the int8 layers will read."""
+    The layers are looked up in ``model`` itself, so in a model with Q/DQ activations and float weights
+    (``write_qdq_model(float_weights=True)``) their inputs are the dequantized tensors, exactly what the int8
+    layers will read."""
     wanted = set(layer_names)
     layers = [n for n in model.graph.node if n.name in wanted]
     feed = input_name(model)

@@ -67,16 +67,17 @@ def step_bias_correction(state: PipelineState, ctx: StepContext, option: str | N
 
 def step_gptq(state: PipelineState, ctx: StepContext, option: str | None) -> None:
     """``gptq`` rounds each layer's columns in their stored order, ``gptq:act_order`` largest input energy first."""
+    if state.plan is None:
+        raise CalibrationError("'gptq' needs activation encodings: put it after 'profile'")
     cal = ctx.config.calibration
     # Branches of one profiled state (the search's two column orders) share its Hessians.
     source, activations, hessians = state.shared.get("gptq_hessians", (None, None, None))
     if source is not state.model or activations is not state.activations:
-        hessians = layer_hessians(state.model, state.activations, ctx.calibration_images, cal.batch_size,
-                                  ctx.show_progress)
+        hessians = layer_hessians(state.model, state.plan, state.activations, ctx.calibration_images,
+                                  cal.batch_size, ctx.show_progress)
         state.shared["gptq_hessians"] = (state.model, state.activations, hessians)
-    state.model, layers = round_weights(state.model, state.activations, ctx.calibration_images,
-                                        cal.per_channel, cal.batch_size, ctx.show_progress,
-                                        act_order=option == "act_order", hessians=hessians)
+    state.model, layers = round_weights(state.model, hessians, cal.per_channel, ctx.show_progress,
+                                        act_order=option == "act_order")
     state.report["gptq"] = {"column_order": option or "stored", "layers": [layer.as_dict() for layer in layers]}
 
 

@@ -12,13 +12,14 @@ from calibration.graph.index import GraphIndex, attribute
 from calibration.graph.session import make_session
 from calibration.quant.encodings import activation_encoding, weight_encoding
 from calibration.quant.simulate import with_activation_qdq
-from calibration.rounding.gptq import BLOCK, damped, gptq_round, output_error
+from calibration.quant.writer import write_qdq_model
+from calibration.rounding.gptq import BLOCK, damped, gptq_round, layer_hessians, output_error
 from calibration.rounding.hessian import input_hessians
 from calibration.source.models.builder import GraphBuilder
 from calibration.steps.runner import run_steps, write_int8
 from calibration.steps.state import StepContext
 from calibration.steps.techniques import check_techniques
-from tests.builders import config_with, images
+from tests.builders import block_images, config_with, images, mobile_block_model
 from workload.errors import CalibrationError
 
 RNG = np.random.default_rng(11)
@@ -243,3 +244,22 @@ def test_hessians_see_the_quantized_inputs_the_int8_layers_read() -> None:
     np.testing.assert_allclose(hessian, expected, rtol=1e-4, atol=1e-3)
     plain = input_hessians(model, ["c1"], data, 4)["c1"]
     assert not np.allclose(plain, expected, rtol=1e-3)  # the quantization is visible in H
+
+
+def test_hessians_from_the_int8_layout_equal_those_of_every_activation_quantized_in_float() -> None:
+    """The Hessian pass runs the writer's layout with float weights (fused Relus, the exact ReLU6 as a uint8
+    Min): every layer input, and so every H, is bit-identical to the float model with a Q/DQ pair after
+    every activation, and the pass runs fewer nodes."""
+    model = mobile_block_model()
+    state = run_steps(model, StepContext(config_with("fold_bn,cle,profile", "per-channel"), block_images(8), False))
+    assert state.plan is not None and state.plan.fused and state.plan.integer_min
+    hessians = layer_hessians(state.model, state.plan, state.activations, block_images(8), 4)
+    float_layout = with_activation_qdq(state.model, state.activations)
+    assert set(hessians) == {"c1", "dw", "c3", "c4", "c5", "c6", "fc"}
+    reference = input_hessians(float_layout, list(hessians), block_images(8), 4)
+    for name, hessian in hessians.items():
+        np.testing.assert_array_equal(hessian, reference[name], err_msg=name)
+    simulated, _ = write_qdq_model(state.model, state.plan, state.activations, False, float_weights=True)
+    assert len(simulated.graph.node) < len(float_layout.graph.node)
+    int8_weights = lambda m: [i.name for i in m.graph.initializer if i.data_type == onnx.TensorProto.INT8]  # noqa: E731
+    assert int8_weights(write_int8(state, False)[0]) and not int8_weights(simulated)
