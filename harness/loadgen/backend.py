@@ -12,6 +12,7 @@ from typing import Protocol
 import numpy as np
 import onnxruntime as ort
 
+from calibration.graph.session import EXACT_INT8
 from workload.config import HarnessConfig
 from workload.errors import HarnessError
 
@@ -34,6 +35,7 @@ def session_options(cfg: HarnessConfig) -> ort.SessionOptions:
     options.inter_op_num_threads = cfg.inter_op_threads
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry(*EXACT_INT8)  # the int8 model's own arithmetic, without int16 saturation
     return options
 
 

@@ -123,3 +123,34 @@ def test_unfolded_batch_norm_is_a_clear_error(mobilenetv2_state) -> None:
 
     with pytest.raises(CalibrationError, match="BatchNormalization .* is not folded"):
         plan_quantization(build_mobilenetv2(mobilenetv2_state))
+
+
+def test_int8_sessions_do_not_saturate_pairs_of_products() -> None:
+    """uint8 255 × int8 127 in every input channel: each adjacent pair sums to 64770, past int16. The fused
+    QLinearConv that make_session runs must give the exact integer result on every x86 CPU (without VNNI the fast
+    kernel saturates such pairs at 32767)."""
+    channels = 64
+    x_scale, w_scale, y_scale = 1 / 255, 1 / 127, 0.5
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"]),
+        helper.make_node("Conv", ["xd", "wd"], ["y"], kernel_shape=[1, 1]),
+        helper.make_node("QuantizeLinear", ["y", "ys", "yz"], ["yq"]),
+        helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["out"]),
+    ]
+    initializers = [
+        onnx.numpy_helper.from_array(np.float32(x_scale), "xs"), onnx.numpy_helper.from_array(np.uint8(0), "xz"),
+        onnx.numpy_helper.from_array(np.full((1, channels, 1, 1), 127, np.int8), "w"),
+        onnx.numpy_helper.from_array(np.float32(w_scale), "ws"), onnx.numpy_helper.from_array(np.int8(0), "wz"),
+        onnx.numpy_helper.from_array(np.float32(y_scale), "ys"), onnx.numpy_helper.from_array(np.uint8(0), "yz"),
+    ]
+    graph = helper.make_graph(nodes, "pairs", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT,
+                                                                             [1, channels, 4, 4])],
+                              [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [1, 1, 4, 4])],
+                              initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    session = make_session(model, optimize=True)
+    out = session.run(None, {"x": np.ones((1, channels, 4, 4), np.float32)})[0]
+    exact = min(round(255 * 127 * channels * x_scale * w_scale / y_scale), 255) * y_scale  # 64 · 1 = 64 → q 128
+    np.testing.assert_array_equal(out, np.full_like(out, exact))

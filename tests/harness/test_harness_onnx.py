@@ -9,7 +9,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from harness.loadgen.backend import OnnxRuntimeBackend
+from calibration.graph.session import EXACT_INT8
+from harness.loadgen.backend import OnnxRuntimeBackend, session_options
 from harness.loadgen.runner import RunSpec, run_scenario
 from harness.loadgen.scenarios import DurationProfile
 from harness.results_table import collect, write_table
@@ -50,3 +51,10 @@ def test_loadgen_accuracy_matches_a_plain_onnxruntime_loop(tmp_path: Path) -> No
     assert table.loc[0, "top1_pct"] == 80.0 and table.loc[1, "validity"] == "VALID" and table.loc[1, "p90_ms"] > 0
     write_table(table, tmp_path / "results.csv")
     assert (tmp_path / "results.csv").read_text().splitlines()[0].startswith("system,workload,scenario,mode")
+
+
+def test_loadgen_sessions_use_the_exact_int8_kernels() -> None:
+    """The LoadGen session runs the int8 model as make_session does: without int16 saturation on x86 CPUs that
+    lack VNNI (tests/calibration/test_qdq.py shows the difference on such a CPU)."""
+    options = session_options(HarnessConfig())
+    assert options.get_session_config_entry(EXACT_INT8[0]) == EXACT_INT8[1]
