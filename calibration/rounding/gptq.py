@@ -8,9 +8,11 @@ rounding error over the columns not yet quantized, through the Cholesky factor o
 compensate for it. The bias is the last column and is never quantized to int8: it absorbs the
 error that the weights cannot (the mean part of it is what bias correction would remove).
 
-The inputs X come from one pass over the calibration images through the float model with every
-activation quantized as the int8 model will quantize it, in the int8 model's layout (``profile`` has run);
-H is computed inside ONNX Runtime in that pass (``calibration.rounding.hessian``).
+The inputs X come from one pass over the calibration images through the int8 model itself, with
+round-to-nearest weights, as ORT runs it with its fused int8 kernels (``profile`` has run): each layer's X is
+the dequantized uint8 tensor it reads there, so the layers before it carry their own weight rounding, as in the
+GPTQ paper's sequential form. H is computed inside ONNX Runtime in that pass, on sampled rows for large and small
+layers (``calibration.rounding.hessian``; the figures: results/experiments/gptq_speed.md).
 
 The target is the layer's own float weights on its quantized inputs, not the float model's outputs.
 Fitting each layer to the float outputs (so that it also compensates the quantization of its inputs)
@@ -165,14 +167,13 @@ def _layers(index: GraphIndex) -> list[onnx.NodeProto]:
 
 
 def layer_hessians(model: onnx.ModelProto, plan: QuantPlan, activations: dict[str, Encoding], images: np.ndarray,
-                   batch_size: int, show_progress: bool = True) -> dict[str, np.ndarray]:
+                   batch_size: int, per_channel: bool, show_progress: bool = True) -> dict[str, np.ndarray]:
     """Every weighted layer's H on its quantized inputs: what ``round_weights`` needs, whatever the column order
-    or weight granularity (the search computes it once for both orders). The inputs come from the int8 model's
-    own activation layout with float weights (``write_qdq_model(float_weights=True)``): the activations it folds
-    into a quantization or clamps in uint8 are not computed in float first."""
+    (the search computes it once for both orders). The inputs are those of the int8 model with round-to-nearest
+    weights of the run's granularity, run with ORT's fused int8 kernels."""
     layers = _layers(GraphIndex.build(model))
-    simulated, _ = write_qdq_model(model, plan, activations, per_channel=False, float_weights=True)
-    return input_hessians(simulated, [n.name for n in layers], images, batch_size, show_progress)
+    quantized, _ = write_qdq_model(model, plan, activations, per_channel)
+    return input_hessians(quantized, [n.name for n in layers], images, batch_size, show_progress, optimize=True)
 
 
 def round_weights(model: onnx.ModelProto, hessians: dict[str, np.ndarray], per_channel: bool,

@@ -6,11 +6,9 @@ a Conv with one-hot kernels (``group`` = input channels, one output channel per 
 strides, pads and dilations), or the input itself reshaped for a 1×1 stride-1 convolution.
 - Grouped and dense layers: the patches are laid out (groups, K, N·rows) and multiplied with their transpose,
   one batched GEMM per layer and batch.
-- Depthwise layers (one input channel per group) skip that transpose, which cost more than the GEMM: each image's
-  patch planes become the kernels of a second Conv over the layer's padded input (one group per image and
-  channel, dilated by the layer's stride), whose kh×kw outputs are the Gram entries of one tap against every
-  other; a ReduceSum adds the images. The group count holds the batch size, so each batch size gets its own
-  session (the full batches and the last one).
+- Depthwise layers (one input channel per group) skip that transpose: the patch planes, (N, C, K, rows) as the
+  im2col Conv writes them, are multiplied with themselves per image and channel, one batched GEMM, and a
+  ReduceSum adds the images.
 The patches' sum over rows gives the bias column. Only the (groups, K, K) Gram matrices and (groups, K) sums
 leave ORT, in float32 per batch, and are accumulated across batches in float64.
 
@@ -32,6 +30,14 @@ from tqdm import tqdm
 from calibration.graph.index import GraphIndex, attribute, conv_group, input_name
 from calibration.graph.session import make_session
 from workload.errors import CalibrationError
+
+# A layer whose output has at least 4× this many positions per image samples every second row and column of them
+# (repeatedly): a Hessian of at most 1153 columns still sees some 390 000 rows over 500 images.
+MIN_ROWS_PER_IMAGE = 28 * 28
+# A layer's Hessian sees at least this many rows per column (the images it needs, up to all of them): a depthwise
+# 3×3 layer's 10×10 Hessian settles on far fewer images than a 1281-column classifier's.
+ROWS_PER_COLUMN = 2000
+INT64_MAX = np.iinfo(np.int64).max
 
 
 @dataclass(frozen=True)
@@ -67,14 +73,41 @@ def _is_pointwise(node: onnx.NodeProto, kh: int, kw: int) -> bool:
     return (kh, kw) == (1, 1) and list(strides) == [1, 1] and (pads is None or not any(pads))
 
 
-class _Builder:
-    """Appends the Hessian nodes of each layer to a copy of the model, for batches of ``batch`` images."""
+def _spatial_sizes(model: onnx.ModelProto, image_shape: tuple[int, ...]) -> dict[str, tuple[int, int]]:
+    """(H, W) of every 4-D tensor whose spatial size shape inference can tell for images of ``image_shape``."""
+    inferred = onnx.ModelProto()
+    inferred.CopyFrom(model)
+    shape = next(i for i in inferred.graph.input if i.name == input_name(inferred)).type.tensor_type.shape
+    del shape.dim[:]
+    shape.dim.add().dim_param = "batch"
+    for size in image_shape[1:]:
+        shape.dim.add().dim_value = size
+    inferred = onnx.shape_inference.infer_shapes(inferred)
+    sizes = {}
+    for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) == 4 and all(d.HasField("dim_value") for d in dims[2:]):
+            sizes[value.name] = (dims[2].dim_value, dims[3].dim_value)
+    return sizes
 
-    def __init__(self, model: onnx.ModelProto, batch: int):
+
+def row_stride(output_rows: int) -> int:
+    """The spacing of the output positions a layer's Hessian samples in each spatial direction: the largest
+    power of two that leaves at least ``MIN_ROWS_PER_IMAGE`` positions per image."""
+    stride = 1
+    while output_rows // (4 * stride * stride) >= MIN_ROWS_PER_IMAGE:
+        stride *= 2
+    return stride
+
+
+class _Builder:
+    """Appends the Hessian nodes of each layer to a copy of the model (layer name → its position step)."""
+
+    def __init__(self, model: onnx.ModelProto, steps: dict[str, int]):
         self.model = onnx.ModelProto()
         self.model.CopyFrom(model)
         del self.model.graph.output[:]
-        self.batch = batch
+        self.steps = steps
         self.opset = next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), 1)
         if self.opset < 13:
             raise CalibrationError(f"gptq: the in-graph Hessians need opset 13 or later (the model has {self.opset})")
@@ -102,69 +135,78 @@ class _Builder:
                                         helper.make_tensor_value_info(shape, TensorProto.INT64, None)])
         return _Outputs(gram, total, shape, row_axes)
 
-    def _depthwise(self, node: onnx.NodeProto, patches: str, channels: int, kh: int, kw: int,
-                   pads: list[int]) -> _Outputs:
-        """Gram matrices of a depthwise layer from its patch planes (N, C·K, Ho, Wo), without a transpose: plane
-        (n, c, j) is the kernel of a Conv over image n's padded channel c, dilated by the layer's stride and
-        stepped by its dilation, so output (i_y, i_x) is Σ over the output positions of tap i times tap j."""
-        prefix = f"{node.name}.hessian"
-        strides = list(attribute(node, "strides", [1, 1]))
-        dilations = list(attribute(node, "dilations", [1, 1]))
-        images = self._node("Reshape", [node.input[0], self._ints(f"{prefix}.images_shape", [1, -1, 0, 0])],
-                            f"{prefix}.images")  # (1, N·C, H, W), padded by the Conv below
-        kernels = self._node("Reshape", [patches, self._ints(f"{prefix}.kernels_shape", [-1, 1, 0, 0])],
-                             f"{prefix}.kernels")  # (N·C·K, 1, Ho, Wo)
-        # kernel_shape is left out: ORT takes it from the kernels' runtime shape.
-        products = self._node("Conv", [images, kernels], f"{prefix}.products", group=self.batch * channels,
-                              dilations=strides, strides=dilations, pads=pads)  # (1, N·C·K, ≥kh, ≥kw)
-        taps = products  # with stride 1 the products are exactly kh×kw; a stride can leave a row or column more
-        if strides != [1, 1]:
-            taps = self._node("Slice", [products, self._ints(f"{prefix}.starts", [0, 0]),
-                                        self._ints(f"{prefix}.ends", [kh, kw]), self._ints(f"{prefix}.axes", [2, 3])],
-                              f"{prefix}.taps")
-        per_image = self._node("Reshape", [taps, self._ints(f"{prefix}.gram_shape", [self.batch, channels, kh * kw,
-                                                                                     kh * kw])],
-                               f"{prefix}.per_image_gram")
+    def _depthwise(self, prefix: str, patches: str, channels: int, k: int) -> _Outputs:
+        """Gram matrices of a depthwise layer from its patch planes (N, C·K, Ho, Wo): one small GEMM per image and
+        channel over the (K, rows) planes, batched, and a ReduceSum over the images."""
+        planes = self._node("Reshape", [patches, self._ints(f"{prefix}.planes_shape", [0, channels, k, -1])],
+                            f"{prefix}.planes")  # (N, C, K, rows)
+        transposed = self._node("Transpose", [planes], f"{prefix}.planes_t", perm=[0, 1, 3, 2])
+        per_image = self._node("MatMul", [planes, transposed], f"{prefix}.per_image_gram")  # (N, C, K, K)
         gram = self._reduce_sum(per_image, [0], f"{prefix}.gram")
         # Summing the contiguous last axis first: one ReduceSum over axes (0, 2, 3) cost 3.6 ms per MobileNetV2 image.
-        planes = self._node("Reshape", [patches, self._ints(f"{prefix}.planes_shape", [self.batch, channels * kh * kw,
-                                                                                      -1])], f"{prefix}.planes")
-        per_image_sum = self._reduce_sum(planes, [2], f"{prefix}.per_image_sum")
-        total = self._node("Reshape", [self._reduce_sum(per_image_sum, [0], f"{prefix}.flat_sum"),
-                                       self._ints(f"{prefix}.sum_shape", [channels, kh * kw])], f"{prefix}.sum")
-        return self._outputs(gram, total, patches, (0, 2, 3))
+        per_image_sum = self._reduce_sum(planes, [3], f"{prefix}.per_image_sum")
+        total = self._reduce_sum(per_image_sum, [0], f"{prefix}.sum")
+        return self._outputs(gram, total, planes, (0, 3))
+
+    def _input(self, name: str, prefix: str, step: int) -> str:
+        """The layer input ``name`` for the Hessian nodes, at every ``step``-th position in H and W. A
+        DequantizeLinear's output is recomputed from its integers (Slice first, then Cast, Sub, Mul: the same
+        float values), so that the DequantizeLinear keeps the layer as its only consumer and ORT still fuses the
+        layer into its int8 kernel, and no Hessian node is fused into one."""
+        producer = self.index.producer.get(name)
+        dequantize = producer is not None and producer.op_type == "DequantizeLinear"
+        source = producer.input[0] if dequantize else name
+        if step > 1:
+            source = self._node("Slice", [source, self._ints(f"{prefix}.starts", [0, 0]),
+                                          self._ints(f"{prefix}.ends", [INT64_MAX] * 2),
+                                          self._ints(f"{prefix}.axes", [2, 3]),
+                                          self._ints(f"{prefix}.steps", [step, step])], f"{prefix}.sampled")
+        if not dequantize:
+            return source
+        zero = (self.index.constant(producer.input[2]) if len(producer.input) > 2 and producer.input[2]
+                else np.zeros(1, np.uint8))
+        scale = self.index.constant(producer.input[1])
+        if scale.size != 1 or zero.size != 1:
+            raise CalibrationError(f"gptq: '{name}' is dequantized per channel; the Hessians need per-tensor inputs")
+        values = self._node("Cast", [source], f"{prefix}.integers", to=TensorProto.FLOAT)
+        zero_point = self._constant(f"{prefix}.zero_point", zero.astype(np.float32).reshape(()))
+        shifted = self._node("Sub", [values, zero_point], f"{prefix}.shifted")
+        return self._node("Mul", [shifted, self._constant(f"{prefix}.scale", scale.astype(np.float32).reshape(()))],
+                          f"{prefix}.input")
 
     def add(self, node: onnx.NodeProto) -> _Outputs:
         """The layer's Gram matrices and row sums, as graph outputs."""
         prefix = f"{node.name}.hessian"
-        x = node.input[0]
         if node.op_type == "Gemm":
             if attribute(node, "transA", 0):
                 raise CalibrationError(f"Gemm '{node.name}': gptq does not handle transA=1")
+            x = self._input(node.input[0], prefix, 1)
             rows = self._node("Transpose", [x], f"{prefix}.rows_t", perm=[1, 0])  # (K, N)
             patches = self._node("Unsqueeze", [rows, self._ints(f"{prefix}.unsqueeze", [0])],
                                  f"{prefix}.patches")  # (1, K, N)
             return self._gram(prefix, patches, 1)
         if node.op_type != "Conv":
             raise CalibrationError(f"gptq: '{node.name}' is a {node.op_type}, not a Conv or Gemm")
-        weight = self.index.constant(node.input[1])
+        weight = _weight(self.index, node)
         if weight.ndim != 4:
             raise CalibrationError(f"Conv '{node.name}': gptq handles 2-D convolutions only")
         kh, kw = weight.shape[2:]
         groups = conv_group(node)
         channels = weight.shape[1] * groups
         k = weight.shape[1] * kh * kw
+        step = self.steps[node.name]
         if _is_pointwise(node, kh, kw):
-            source = x
+            source = self._input(node.input[0], prefix, step)
         else:
+            x = self._input(node.input[0], prefix, 1)
             attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute
-                          if a.name in ("strides", "pads", "dilations", "auto_pad")}
+                          if a.name in ("pads", "dilations", "auto_pad")}
+            strides = [s * step for s in attribute(node, "strides", [1, 1])]
             kernels = self._constant(f"{prefix}.one_hot", _one_hot_kernels(channels, kh, kw))
             source = self._node("Conv", [x, kernels], f"{prefix}.im2col", group=channels,
-                                kernel_shape=[kh, kw], **attributes)
-            pads = _explicit_pads(node)
-            if weight.shape[1] == 1 and pads is not None:
-                return self._depthwise(node, source, channels, kh, kw, pads)
+                                kernel_shape=[kh, kw], strides=strides, **attributes)
+            if weight.shape[1] == 1:
+                return self._depthwise(prefix, source, channels, k)
         shaped = self._node("Reshape", [source, self._ints(f"{prefix}.shape4", [0, groups, k, -1])],
                             f"{prefix}.per_image")  # (N, groups, K, H·W)
         moved = self._node("Transpose", [shaped], f"{prefix}.moved", perm=[1, 2, 0, 3])  # (groups, K, N, H·W)
@@ -184,25 +226,73 @@ class _Builder:
         return self._outputs(gram, self._reduce_sum(patches, [2], f"{prefix}.sum"), patches, (2,))
 
 
-def _hessian_session(model: onnx.ModelProto, layers: list[onnx.NodeProto], batch: int
+@dataclass(frozen=True)
+class _Sampling:
+    """Which of a layer's rows its Hessian sees: every ``step``-th output position in each spatial direction,
+    on the first ``images`` images."""
+
+    step: int
+    images: int
+
+
+def _sampling(model: onnx.ModelProto, layers: list[onnx.NodeProto], images: np.ndarray, batch_size: int,
+              sample_rows: bool) -> dict[str, _Sampling]:
+    """Each layer's position step (``row_stride``) and image count: enough images for ``ROWS_PER_COLUMN`` rows per
+    Hessian column, rounded up to a power of two times the batch size, or all of them."""
+    if not sample_rows:
+        return {node.name: _Sampling(1, len(images)) for node in layers}
+    index = GraphIndex.build(model)
+    sizes = _spatial_sizes(model, images.shape)
+    plan = {}
+    for node in layers:
+        weight = _weight(index, node)
+        if node.op_type == "Gemm" or node.output[0] not in sizes:
+            step, rows = 1, 1 if node.op_type == "Gemm" else 0
+        else:
+            # auto_pad's pads depend on the stride, so a layer with it keeps every position.
+            output_rows = int(np.prod(sizes[node.output[0]]))
+            step = row_stride(output_rows) if _explicit_pads(node) is not None else 1
+            rows = len(range(0, sizes[node.output[0]][0], step)) * len(range(0, sizes[node.output[0]][1], step))
+        columns = int(np.prod(weight.shape[1:])) + 1
+        count = len(images)
+        if rows:
+            count = batch_size
+            while count * rows < ROWS_PER_COLUMN * columns and count < len(images):
+                count *= 2
+        plan[node.name] = _Sampling(step, min(count, len(images)))
+    return plan
+
+
+def _weight(index: GraphIndex, node: onnx.NodeProto) -> np.ndarray:
+    """The layer's weight: a constant, or the constant a DequantizeLinear reads."""
+    name = node.input[1]
+    if not index.is_constant(name) and name in index.producer and index.producer[name].op_type == "DequantizeLinear":
+        name = index.producer[name].input[0]
+    return index.constant(name)
+
+
+def _hessian_session(model: onnx.ModelProto, layers: list[onnx.NodeProto], steps: dict[str, int], optimize: bool
                      ) -> tuple[ort.InferenceSession, dict[str, _Outputs]]:
-    builder = _Builder(model, batch)
+    builder = _Builder(model, steps)
     outputs = {node.name: builder.add(node) for node in layers}
-    # ORT's graph optimizations rewrite QDQ around float weights inexactly: they stay off here.
-    return make_session(builder.model, optimize=False), outputs
+    return make_session(builder.model, optimize=optimize), outputs
 
 
 def input_hessians(model: onnx.ModelProto, layer_names: Sequence[str], images: np.ndarray,
-                   batch_size: int, show_progress: bool = True) -> dict[str, np.ndarray]:
+                   batch_size: int, show_progress: bool = True, sample_rows: bool = True, optimize: bool = False
+                   ) -> dict[str, np.ndarray]:
     """Each named layer's H = Σ x̃x̃ᵀ over its input rows (x̃ = [x; 1]) per group, (groups, K+1, K+1), over
     ``images`` through ``model``, streamed batch by batch (float32 products per batch inside ORT, accumulated
-    in float64).
+    in float64). With ``sample_rows`` each layer sees the rows ``_sampling`` gives it; a layer leaves the pass
+    once it has seen its images.
 
     The layers are looked up in ``model`` itself, so in a model with Q/DQ activations and float weights
     (``write_qdq_model(float_weights=True)``) their inputs are the dequantized tensors, exactly what the int8
     layers will read."""
     wanted = set(layer_names)
     layers = [n for n in model.graph.node if n.name in wanted]
+    sampling = _sampling(model, layers, images, batch_size, sample_rows)
+    steps = {name: plan.step for name, plan in sampling.items()}
     feed = input_name(model)
     sessions: dict[int, tuple[ort.InferenceSession, dict[str, _Outputs]]] = {}
     grams: dict[str, np.ndarray] = {}
@@ -211,9 +301,13 @@ def input_hessians(model: onnx.ModelProto, layer_names: Sequence[str], images: n
     with tqdm(total=len(images), desc="gptq inputs", unit="img", disable=not show_progress) as progress:
         for start in range(0, len(images), batch_size):
             batch = np.ascontiguousarray(images[start : start + batch_size])
-            if len(batch) not in sessions:  # the full batches, then at most one shorter last batch
-                sessions = {len(batch): _hessian_session(model, layers, len(batch))}
-            session, outputs = sessions[len(batch)]
+            active = [node for node in layers if sampling[node.name].images > start]
+            if not active:  # every layer has seen its images
+                progress.update(len(images) - start)
+                break
+            if len(active) not in sessions:  # the active layers only ever shrink
+                sessions = {len(active): _hessian_session(model, active, steps, optimize)}
+            session, outputs = sessions[len(active)]
             names = [o.name for o in session.get_outputs()]
             values = dict(zip(names, session.run(names, {feed: batch})))
             for name, out in outputs.items():

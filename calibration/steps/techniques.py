@@ -74,7 +74,7 @@ def step_gptq(state: PipelineState, ctx: StepContext, option: str | None) -> Non
     source, activations, hessians = state.shared.get("gptq_hessians", (None, None, None))
     if source is not state.model or activations is not state.activations:
         hessians = layer_hessians(state.model, state.plan, state.activations, ctx.calibration_images,
-                                  cal.batch_size, ctx.show_progress)
+                                  cal.batch_size, cal.per_channel, ctx.show_progress)
         state.shared["gptq_hessians"] = (state.model, state.activations, hessians)
     state.model, layers = round_weights(state.model, hessians, cal.per_channel, ctx.show_progress,
                                         act_order=option == "act_order")

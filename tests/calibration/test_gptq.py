@@ -3,8 +3,11 @@ held-out inputs, the int8 model's weights exactly the rounded ones, and the step
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
@@ -12,7 +15,7 @@ from calibration.graph.index import GraphIndex, attribute
 from calibration.graph.session import make_session
 from calibration.quant.encodings import activation_encoding, weight_encoding
 from calibration.quant.simulate import with_activation_qdq
-from calibration.quant.writer import write_qdq_model
+from calibration.rounding import hessian as hessian_module
 from calibration.rounding.gptq import BLOCK, damped, gptq_round, layer_hessians, output_error
 from calibration.rounding.hessian import input_hessians
 from calibration.source.models.builder import GraphBuilder
@@ -246,20 +249,73 @@ def test_hessians_see_the_quantized_inputs_the_int8_layers_read() -> None:
     assert not np.allclose(plain, expected, rtol=1e-3)  # the quantization is visible in H
 
 
-def test_hessians_from_the_int8_layout_equal_those_of_every_activation_quantized_in_float() -> None:
-    """The Hessian pass runs the writer's layout with float weights (fused Relus, the exact ReLU6 as a uint8
-    Min): every layer input, and so every H, is bit-identical to the float model with a Q/DQ pair after
-    every activation, and the pass runs fewer nodes."""
+def test_hessians_are_the_grams_of_what_the_fused_int8_layers_read(tmp_path: Path) -> None:
+    """The Hessian pass runs the int8 model itself (round-to-nearest weights, ORT's fused int8 kernels): each H is
+    the Gram of the dequantized uint8 tensor its layer reads there, and adding the Hessian nodes leaves every
+    layer fused."""
     model = mobile_block_model()
-    state = run_steps(model, StepContext(config_with("fold_bn,cle,profile", "per-channel"), block_images(8), False))
-    assert state.plan is not None and state.plan.fused and state.plan.integer_min
-    hessians = layer_hessians(state.model, state.plan, state.activations, block_images(8), 4)
-    float_layout = with_activation_qdq(state.model, state.activations)
-    assert set(hessians) == {"c1", "dw", "c3", "c4", "c5", "c6", "fc"}
-    reference = input_hessians(float_layout, list(hessians), block_images(8), 4)
-    for name, hessian in hessians.items():
-        np.testing.assert_array_equal(hessian, reference[name], err_msg=name)
-    simulated, _ = write_qdq_model(state.model, state.plan, state.activations, False, float_weights=True)
-    assert len(simulated.graph.node) < len(float_layout.graph.node)
-    int8_weights = lambda m: [i.name for i in m.graph.initializer if i.data_type == onnx.TensorProto.INT8]  # noqa: E731
-    assert int8_weights(write_int8(state, False)[0]) and not int8_weights(simulated)
+    data = block_images(8)
+    state = run_steps(model, StepContext(config_with("fold_bn,cle,profile", "per-channel"), data, False))
+    assert state.plan is not None
+    hessians = layer_hessians(state.model, state.plan, state.activations, data, 4, per_channel=True)
+    int8_model, _ = write_int8(state, True)
+    index = GraphIndex.build(int8_model)
+    layers = {n.name: n for n in int8_model.graph.node if n.name in hessians}
+    assert set(layers) == {"c1", "dw", "c3", "c4", "c5", "c6", "fc"}
+    readers = {name: index.producer[node.input[0]] for name, node in layers.items()}
+    assert all(r.op_type == "DequantizeLinear" for r in readers.values())
+    integers = {r.input[0] for r in readers.values()}
+    probed = onnx.ModelProto()
+    probed.CopyFrom(int8_model)
+    probed.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.UINT8, None) for t in sorted(integers))
+    session = make_session(probed, optimize=True)
+    values = dict(zip(sorted(integers), session.run(sorted(integers), {"input": data})))
+    for name, node in layers.items():
+        reader = readers[name]
+        x = (values[reader.input[0]].astype(np.float64) - index.constant(reader.input[2]).astype(np.float64)) \
+            * index.constant(reader.input[1]).astype(np.float64)
+        if node.op_type == "Gemm":
+            rows = x[None]
+        else:
+            kernel = index.constant(index.producer[node.input[1]].input[0]).shape[2]
+            rows = reference_patches(x, int(attribute(node, "group", 1)), kernel, attribute(node, "strides", [1, 1])[0],
+                                     tuple(attribute(node, "pads", [0] * 4)), 1)
+        rows = np.concatenate([rows, np.ones((*rows.shape[:2], 1))], axis=2)
+        expected = np.matmul(rows.transpose(0, 2, 1), rows)
+        np.testing.assert_allclose(hessians[name], expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max(),
+                                   err_msg=name)
+    builder = hessian_module._Builder(int8_model, dict.fromkeys(layers, 1))
+    for node in layers.values():
+        builder.add(node)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "hessian_pass.onnx")
+    ort.InferenceSession(builder.model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(options.optimized_model_filepath).graph.node
+    assert sum(n.op_type == "QLinearConv" for n in optimized) == 6
+    assert not [n.name for n in optimized if n.op_type in ("Conv", "Gemm", "MatMul") and ".hessian" not in n.name]
+    assert not [n.name for n in optimized if n.op_type.startswith(("QLinear", "QGemm", "MatMulInteger"))
+                and ".hessian" in n.name]
+
+
+def test_hessians_sample_positions_of_large_layers_and_images_of_small_ones() -> None:
+    """A layer with 4·MIN_ROWS_PER_IMAGE output positions or more sees every second row and column of them, and a
+    layer whose Hessian has few columns only the first images that give it ROWS_PER_COLUMN rows per column: H is
+    then exactly the Gram of those rows."""
+    w = RNG.normal(0, 1, (4, 1, 3, 3)).astype(np.float32)
+    model = conv_model(w, 4, 1, (1, 1, 1, 1), 1, None)
+    size = 2 * int(np.sqrt(hessian_module.MIN_ROWS_PER_IMAGE))  # 4·MIN_ROWS positions: a step of 2
+    x = RNG.normal(0.5, 1, (48, 4, size, size)).astype(np.float32)
+    sampled_rows = (size // 2) ** 2
+    images_needed = -(-hessian_module.ROWS_PER_COLUMN * 10 // sampled_rows)
+    used = 4
+    while used < images_needed:
+        used *= 2
+    assert used < len(x)
+    hessian = input_hessians(model, ["c"], x, 4, show_progress=False)["c"]
+    patches = reference_patches(x[:used], 4, 3, 1, (1, 1, 1, 1), 1).reshape(4, used, size, size, 9)[:, :, ::2, ::2]
+    rows = np.concatenate([patches.reshape(4, -1, 9), np.ones((4, used * sampled_rows, 1))], axis=2)
+    expected = np.matmul(rows.transpose(0, 2, 1), rows)
+    np.testing.assert_allclose(hessian, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    every = input_hessians(model, ["c"], x, 4, show_progress=False, sample_rows=False)["c"]
+    assert every[0, -1, -1] == len(x) * size * size
