@@ -24,10 +24,11 @@ import onnxruntime as ort
 EXACT_INT8 = ("session.x64quantprecision", "1")
 
 
-def make_session(model: onnx.ModelProto, optimize: bool = False, threads: int = 0, spinning: bool = False
-                 ) -> ort.InferenceSession:
+def make_session(model: onnx.ModelProto, optimize: bool = False, threads: int = 0, spinning: bool = False,
+                 arena: bool = True) -> ort.InferenceSession:
     """A CPU session; ``optimize=False`` disables every ORT graph rewrite, ``spinning=False`` lets idle
-    worker threads sleep instead of busy-waiting."""
+    worker threads sleep instead of busy-waiting, ``arena=False`` frees each intermediate tensor instead of
+    keeping ORT's memory arena at its high-water mark."""
     options = ort.SessionOptions()
     options.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -35,6 +36,7 @@ def make_session(model: onnx.ModelProto, optimize: bool = False, threads: int = 
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
     options.add_session_config_entry(*EXACT_INT8)
+    options.enable_cpu_mem_arena = arena
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")

@@ -1,19 +1,22 @@
 """GPTQ's input Hessians H = Σ x̃x̃ᵀ (x̃ = [x; 1]) computed inside ONNX Runtime, in the pass that produces the
-quantized inputs.
+quantized inputs (the int8 model itself, ``calibration.rounding.gptq.layer_hessians``).
 
-For each layer the graph gets a few extra nodes. A convolution's input rows are its im2col patches, extracted by
-a Conv with one-hot kernels (``group`` = input channels, one output channel per kernel tap, the layer's own
-strides, pads and dilations), or the input itself reshaped for a 1×1 stride-1 convolution.
+For each layer the graph gets a few extra nodes, fed from the layer's own uint8 input, dequantized beside the
+layer's DequantizeLinear so that ORT still fuses the layer. A convolution's input rows are its im2col patches,
+extracted by a Conv with one-hot kernels (``group`` = input channels, one output channel per kernel tap, the
+layer's own strides, pads and dilations), or the input itself reshaped for a 1×1 stride-1 convolution.
 - Grouped and dense layers: the patches are laid out (groups, K, N·rows) and multiplied with their transpose,
-  one batched GEMM per layer and batch.
+  one batched GEMM per layer and batch; one group's Gram of 512 columns or more as the blocks on and above the
+  diagonal only.
 - Depthwise layers (one input channel per group) skip that transpose: the patch planes, (N, C, K, rows) as the
   im2col Conv writes them, are multiplied with themselves per image and channel, one batched GEMM, and a
   ReduceSum adds the images.
-The patches' sum over rows gives the bias column. Only the (groups, K, K) Gram matrices and (groups, K) sums
-leave ORT, in float32 per batch, and are accumulated across batches in float64.
+The patches' sum over rows gives the bias column. Only the Gram matrices and sums leave ORT, in float32 per
+batch, and are accumulated across batches in float64.
 
-This replaced numpy im2col copies and per-layer numpy GEMMs over every activation copied out of ORT, which
-were several times slower (results/experiments/gptq_speed.md).
+Not every row is needed: a layer with many output positions samples every second (fourth, …) row and column of
+them, and a layer whose Hessian has few columns leaves the pass once it has seen enough images for
+``ROWS_PER_COLUMN`` rows per column (``_sampling``). Figures: results/experiments/gptq_speed.md.
 """
 
 from __future__ import annotations
@@ -37,12 +40,21 @@ MIN_ROWS_PER_IMAGE = 28 * 28
 # A layer's Hessian sees at least this many rows per column (the images it needs, up to all of them): a depthwise
 # 3×3 layer's 10×10 Hessian settles on far fewer images than a 1281-column classifier's.
 ROWS_PER_COLUMN = 2000
+# One group's Gram with more columns than this is computed in blocks of about this size, upper triangle only.
+GRAM_BLOCK = 512
+# A model with a Gram of this many columns or more (ResNet50's 3×3 layers: 4608) runs the pass on batches of at least
+# LARGE_GRAM_BATCH images: writing and accumulating each batch's (K, K) blocks costs as much as the GEMMs over a few
+# images' rows (ResNet50-shaped, 64 images: 1.9 → 2.7 img/s with the blocks, which gain nothing at batch 4).
+LARGE_GRAM_COLUMNS = 2048
+LARGE_GRAM_BATCH = 16
 INT64_MAX = np.iinfo(np.int64).max
 
 
 @dataclass(frozen=True)
 class _Outputs:
-    gram: str  # (groups, K, K) over the batch's rows, or (K, K) for one group
+    # Blocks of the (groups, K, K) Gram over the batch's rows ((K, K) blocks for one group), each with its first row
+    # and column; a block above the diagonal stands for its mirror below it too.
+    gram: tuple[tuple[str, int, int], ...]
     total: str  # (groups, K): the rows' sum
     shape: str  # int64: the shape of the tensor whose ``row_axes`` count the batch's rows
     row_axes: tuple[int, ...]
@@ -128,12 +140,15 @@ class _Builder:
     def _ints(self, name: str, values: list[int]) -> str:
         return self._constant(name, np.array(values, np.int64))
 
-    def _outputs(self, gram: str, total: str, shaped: str, row_axes: tuple[int, ...]) -> _Outputs:
+    def _outputs(self, gram: str | tuple[tuple[str, int, int], ...], total: str, shaped: str,
+                 row_axes: tuple[int, ...]) -> _Outputs:
+        blocks = ((gram, 0, 0),) if isinstance(gram, str) else gram
         shape = self._node("Shape", [shaped], f"{shaped}.shape")
-        self.model.graph.output.extend([helper.make_tensor_value_info(gram, TensorProto.FLOAT, None),
-                                        helper.make_tensor_value_info(total, TensorProto.FLOAT, None),
+        self.model.graph.output.extend([helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+                                        for name, _, _ in blocks])
+        self.model.graph.output.extend([helper.make_tensor_value_info(total, TensorProto.FLOAT, None),
                                         helper.make_tensor_value_info(shape, TensorProto.INT64, None)])
-        return _Outputs(gram, total, shape, row_axes)
+        return _Outputs(blocks, total, shape, row_axes)
 
     def _depthwise(self, prefix: str, patches: str, channels: int, k: int) -> _Outputs:
         """Gram matrices of a depthwise layer from its patch planes (N, C·K, Ho, Wo): one small GEMM per image and
@@ -184,7 +199,8 @@ class _Builder:
             rows = self._node("Transpose", [x], f"{prefix}.rows_t", perm=[1, 0])  # (K, N)
             patches = self._node("Unsqueeze", [rows, self._ints(f"{prefix}.unsqueeze", [0])],
                                  f"{prefix}.patches")  # (1, K, N)
-            return self._gram(prefix, patches, 1)
+            weight = _weight(self.index, node)
+            return self._gram(prefix, patches, 1, weight.shape[1] if attribute(node, "transB", 0) else weight.shape[0])
         if node.op_type != "Conv":
             raise CalibrationError(f"gptq: '{node.name}' is a {node.op_type}, not a Conv or Gemm")
         weight = _weight(self.index, node)
@@ -212,14 +228,27 @@ class _Builder:
         moved = self._node("Transpose", [shaped], f"{prefix}.moved", perm=[1, 2, 0, 3])  # (groups, K, N, H·W)
         patches = self._node("Reshape", [moved, self._ints(f"{prefix}.shape3", [groups, k, -1])],
                              f"{prefix}.patches")  # (groups, K, rows)
-        return self._gram(prefix, patches, groups)
+        return self._gram(prefix, patches, groups, k)
 
-    def _gram(self, prefix: str, patches: str, groups: int) -> _Outputs:
-        """Gram matrices and sums of (groups, K, rows) patches."""
+    def _gram(self, prefix: str, patches: str, groups: int, k: int) -> _Outputs:
+        """Gram matrices and sums of (groups, K, rows) patches. One group's Gram is (K, K) (numpy adds the group
+        axis: an Unsqueeze here copied every Gram matrix); with ``GRAM_BLOCK`` columns or more it is computed as
+        the blocks on and above the diagonal of a grid of about ``GRAM_BLOCK`` × ``GRAM_BLOCK`` blocks: the GEMMs
+        below the diagonal would only repeat them transposed."""
+        gram: str | tuple[tuple[str, int, int], ...]
         if groups == 1:
             flat = self._node("Squeeze", [patches, self._ints(f"{prefix}.squeeze", [0])], f"{prefix}.flat")
-            # (K, K): numpy adds the group axis, an Unsqueeze here copied every Gram matrix
-            gram = self._node("Gemm", [flat, flat], f"{prefix}.gram", transB=1)
+            count = -(-k // GRAM_BLOCK)
+            if count == 1:
+                gram = self._node("Gemm", [flat, flat], f"{prefix}.gram", transB=1)
+            else:
+                edges = [round(i * k / count) for i in range(count + 1)]
+                parts = [self._node("Slice", [flat, self._ints(f"{prefix}.part{i}.starts", [edges[i]]),
+                                              self._ints(f"{prefix}.part{i}.ends", [edges[i + 1]]),
+                                              self._ints(f"{prefix}.part{i}.axes", [0])], f"{prefix}.part{i}")
+                         for i in range(count)]
+                gram = tuple((self._node("Gemm", [parts[i], parts[j]], f"{prefix}.gram{i}_{j}", transB=1),
+                              edges[i], edges[j]) for i in range(count) for j in range(i, count))
         else:
             transposed = self._node("Transpose", [patches], f"{prefix}.patches_t", perm=[0, 2, 1])
             gram = self._node("MatMul", [patches, transposed], f"{prefix}.gram")
@@ -275,7 +304,8 @@ def _hessian_session(model: onnx.ModelProto, layers: list[onnx.NodeProto], steps
                      ) -> tuple[ort.InferenceSession, dict[str, _Outputs]]:
     builder = _Builder(model, steps)
     outputs = {node.name: builder.add(node) for node in layers}
-    return make_session(builder.model, optimize=optimize), outputs
+    # Without ORT's arena: EfficientNet-Lite0's pass peaked 250 MB lower (912 against 1160 MB), at the same speed.
+    return make_session(builder.model, optimize=optimize, arena=False), outputs
 
 
 def input_hessians(model: onnx.ModelProto, layer_names: Sequence[str], images: np.ndarray,
@@ -286,11 +316,13 @@ def input_hessians(model: onnx.ModelProto, layer_names: Sequence[str], images: n
     in float64). With ``sample_rows`` each layer sees the rows ``_sampling`` gives it; a layer leaves the pass
     once it has seen its images.
 
-    The layers are looked up in ``model`` itself, so in a model with Q/DQ activations and float weights
-    (``write_qdq_model(float_weights=True)``) their inputs are the dequantized tensors, exactly what the int8
-    layers will read."""
+    The layers are looked up in ``model`` itself, so in a QDQ model their inputs are the dequantized tensors the
+    int8 layers read; ``optimize`` runs it with ORT's fused int8 kernels (``Builder._input`` keeps them fused)."""
     wanted = set(layer_names)
     layers = [n for n in model.graph.node if n.name in wanted]
+    index = GraphIndex.build(model)
+    if max((int(np.prod(_weight(index, n).shape[1:])) for n in layers), default=0) >= LARGE_GRAM_COLUMNS:
+        batch_size = max(batch_size, LARGE_GRAM_BATCH)
     sampling = _sampling(model, layers, images, batch_size, sample_rows)
     steps = {name: plan.step for name, plan in sampling.items()}
     feed = input_name(model)
@@ -311,12 +343,13 @@ def input_hessians(model: onnx.ModelProto, layer_names: Sequence[str], images: n
             names = [o.name for o in session.get_outputs()]
             values = dict(zip(names, session.run(names, {feed: batch})))
             for name, out in outputs.items():
-                gram = values[out.gram]
                 if name not in grams:
-                    grams[name] = np.zeros(values[out.total].shape + gram.shape[-1:], np.float64)
+                    grams[name] = np.zeros(values[out.total].shape + values[out.total].shape[-1:], np.float64)
                     sums[name] = np.zeros(values[out.total].shape, np.float64)
                     rows[name] = 0
-                grams[name] += gram  # (K, K) broadcasts over the one group
+                for block, row, column in out.gram:
+                    gram = values[block]  # (K, K) blocks broadcast over the one group
+                    grams[name][..., row : row + gram.shape[-2], column : column + gram.shape[-1]] += gram
                 sums[name] += values[out.total]
                 rows[name] += int(np.prod(values[out.shape][list(out.row_axes)]))
             progress.update(len(batch))
@@ -327,7 +360,10 @@ def _augmented(gram: np.ndarray, total: np.ndarray, rows: int) -> np.ndarray:
     """[[XᵀX, Σx], [Σxᵀ, rows]] per group."""
     groups, k, _ = gram.shape
     hessian = np.empty((groups, k + 1, k + 1))
-    hessian[:, :k, :k] = (gram + gram.transpose(0, 2, 1)) / 2  # float32 products need not be symmetric
+    # The upper triangle, mirrored: blocks below the diagonal were never computed, and float32 products need not
+    # be symmetric within a block.
+    upper = np.triu(gram)
+    hessian[:, :k, :k] = upper + np.triu(gram, 1).transpose(0, 2, 1)
     hessian[:, :k, k] = total
     hessian[:, k, :k] = total
     hessian[:, k, k] = rows

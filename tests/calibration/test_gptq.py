@@ -319,3 +319,18 @@ def test_hessians_sample_positions_of_large_layers_and_images_of_small_ones() ->
     np.testing.assert_allclose(hessian, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
     every = input_hessians(model, ["c"], x, 4, show_progress=False, sample_rows=False)["c"]
     assert every[0, -1, -1] == len(x) * size * size
+
+
+@pytest.mark.parametrize("block", [8, 10, 64])
+def test_blocked_gram_equals_the_whole_one(block: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dense layer's Gram computed as the blocks on and above the diagonal (about ``block`` columns each, the
+    last one shorter) and mirrored is the Gram of its rows."""
+    monkeypatch.setattr(hessian_module, "GRAM_BLOCK", block)
+    x = RNG.normal(0.5, 1, (5, 3, 9, 9)).astype(np.float32)
+    model = conv_model(RNG.normal(0, 1, (4, 3, 3, 3)).astype(np.float32), 1, 1, (1, 1, 1, 1), 1, None)
+    rows = reference_patches(x, 1, 3, 1, (1, 1, 1, 1), 1)
+    rows = np.concatenate([rows, np.ones((*rows.shape[:2], 1))], axis=2)
+    expected = np.matmul(rows.transpose(0, 2, 1), rows)
+    hessian = input_hessians(model, ["c"], x, 2, show_progress=False)["c"]
+    np.testing.assert_allclose(hessian, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    np.testing.assert_array_equal(hessian, hessian.transpose(0, 2, 1))
