@@ -200,8 +200,7 @@ class _Builder:
             rows = self._node("Transpose", [x], f"{prefix}.rows_t", perm=[1, 0])  # (K, N)
             patches = self._node("Unsqueeze", [rows, self._ints(f"{prefix}.unsqueeze", [0])],
                                  f"{prefix}.patches")  # (1, K, N)
-            weight = _weight(self.index, node)
-            return self._gram(prefix, patches, 1, weight.shape[1] if attribute(node, "transB", 0) else weight.shape[0])
+            return self._gram(prefix, patches, 1, _columns(self.index, node))
         if node.op_type != "Conv":
             raise CalibrationError(f"gptq: '{node.name}' is a {node.op_type}, not a Conv or Gemm")
         weight = _weight(self.index, node)
@@ -275,7 +274,6 @@ def _sampling(model: onnx.ModelProto, layers: list[onnx.NodeProto], images: np.n
     sizes = _spatial_sizes(model, images.shape)
     plan = {}
     for node in layers:
-        weight = _weight(index, node)
         if node.op_type == "Gemm" or node.output[0] not in sizes:
             step, rows = 1, 1 if node.op_type == "Gemm" else 0
         else:
@@ -283,7 +281,7 @@ def _sampling(model: onnx.ModelProto, layers: list[onnx.NodeProto], images: np.n
             output_rows = int(np.prod(sizes[node.output[0]]))
             step = row_stride(output_rows) if _explicit_pads(node) is not None else 1
             rows = len(range(0, sizes[node.output[0]][0], step)) * len(range(0, sizes[node.output[0]][1], step))
-        columns = int(np.prod(weight.shape[1:])) + 1
+        columns = _columns(index, node) + 1
         count = len(images)
         if rows:
             count = batch_size
@@ -291,6 +289,14 @@ def _sampling(model: onnx.ModelProto, layers: list[onnx.NodeProto], images: np.n
                 count *= 2
         plan[node.name] = _Sampling(step, min(count, len(images)))
     return plan
+
+
+def _columns(index: GraphIndex, node: onnx.NodeProto) -> int:
+    """K: the layer's input columns per group (a Gemm's input width, a Conv's C/groups·kh·kw)."""
+    weight = _weight(index, node)
+    if node.op_type == "Gemm":
+        return int(weight.shape[1] if attribute(node, "transB", 0) else weight.shape[0])
+    return int(np.prod(weight.shape[1:]))
 
 
 def _weight(index: GraphIndex, node: onnx.NodeProto) -> np.ndarray:
@@ -322,7 +328,7 @@ def input_hessians(model: onnx.ModelProto, layer_names: Sequence[str], images: n
     wanted = set(layer_names)
     layers = [n for n in model.graph.node if n.name in wanted]
     index = GraphIndex.build(model)
-    if max((int(np.prod(_weight(index, n).shape[1:])) for n in layers), default=0) >= LARGE_GRAM_COLUMNS:
+    if max((_columns(index, n) for n in layers), default=0) >= LARGE_GRAM_COLUMNS:
         batch_size = max(batch_size, LARGE_GRAM_BATCH)
     sampling = _sampling(model, layers, images, batch_size, sample_rows)
     steps = {name: plan.step for name, plan in sampling.items()}
