@@ -7,8 +7,8 @@ Calibration sessions do not spin: ORT's worker threads otherwise busy-wait betwe
 CPU-bound process on the cores they lose far more than their share (results/experiments/gptq_speed.md).
 Every session asks for ORT's exact int8 kernels (``EXACT_INT8``). On x86 without VNNI (AVX2, AVX-512F) the fast
 uint8 × int8 kernel adds each pair of products with ``vpmaddubsw``, which saturates at the int16 limit: 255·127·2
-overflows it. On an AMD EPYC with AVX2 alone this cut MobileNetV2's default int8 model from 97.7 to 88.7 % top-1
-agreement (300 images; 98.0 % with the option, at 172 instead of 240 img/s). With VNNI the option changes nothing.
+overflows it, and the defaults' int8 models lost about 9 points of agreement on an AVX2-only CPU
+(results/experiments/gptq_speed.md). With VNNI the option changes nothing.
 
 Throughput measurements pass ``spinning=True``, which gives their best figure on a quiet machine; the LoadGen
 sessions set their own options (harness/loadgen/backend.py).

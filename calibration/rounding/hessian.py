@@ -38,14 +38,14 @@ from workload.errors import CalibrationError
 # (repeatedly): a Hessian of at most 1153 columns still sees some 390 000 rows over 500 images.
 MIN_ROWS_PER_IMAGE = 28 * 28
 # A layer's Hessian sees at least this many rows per column (the images it needs, up to all of them): a depthwise
-# 3×3 layer's 10×10 Hessian settles on far fewer images than a 1281-column classifier's. 1000 kept MobileNetV2 and
-# Lite0 within 2 of the 1000 sample images of every row, every image; 500 lost 5 on MobileNetV2 per-tensor.
+# 3×3 layer's 10×10 Hessian settles on far fewer images than a 1281-column classifier's (the rates measured:
+# results/experiments/gptq_speed.md).
 ROWS_PER_COLUMN = 1000
 # One group's Gram with more columns than this is computed in blocks of about this size, upper triangle only.
 GRAM_BLOCK = 512
 # A model with a Gram of this many columns or more (ResNet50's 3×3 layers: 4608) runs the pass on batches of at least
 # LARGE_GRAM_BATCH images: writing and accumulating each batch's (K, K) blocks costs as much as the GEMMs over a few
-# images' rows (ResNet50-shaped, 64 images: 1.9 → 2.7 img/s with the blocks, which gain nothing at batch 4).
+# images' rows.
 LARGE_GRAM_COLUMNS = 2048
 LARGE_GRAM_BATCH = 16
 INT64_MAX = np.iinfo(np.int64).max
@@ -264,14 +264,13 @@ class _Sampling:
     images: int
 
 
-def _sampling(model: onnx.ModelProto, layers: list[onnx.NodeProto], images: np.ndarray, batch_size: int,
+def _sampling(index: GraphIndex, layers: list[onnx.NodeProto], images: np.ndarray, batch_size: int,
               sample_rows: bool) -> dict[str, _Sampling]:
     """Each layer's position step (``row_stride``) and image count: enough images for ``ROWS_PER_COLUMN`` rows per
     Hessian column, rounded up to a power of two times the batch size, or all of them."""
     if not sample_rows:
         return {node.name: _Sampling(1, len(images)) for node in layers}
-    index = GraphIndex.build(model)
-    sizes = _spatial_sizes(model, images.shape)
+    sizes = _spatial_sizes(index.model, images.shape)
     plan = {}
     for node in layers:
         if node.op_type == "Gemm" or node.output[0] not in sizes:
@@ -311,7 +310,7 @@ def _hessian_session(model: onnx.ModelProto, layers: list[onnx.NodeProto], steps
                      ) -> tuple[ort.InferenceSession, dict[str, _Outputs]]:
     builder = _Builder(model, steps)
     outputs = {node.name: builder.add(node) for node in layers}
-    # Without ORT's arena: EfficientNet-Lite0's pass peaked 250 MB lower (912 against 1160 MB), at the same speed.
+    # Without ORT's arena: the pass holds many branches' intermediates, and the arena kept their high-water mark.
     return make_session(builder.model, optimize=optimize, arena=False), outputs
 
 
@@ -330,7 +329,7 @@ def input_hessians(model: onnx.ModelProto, layer_names: Sequence[str], images: n
     index = GraphIndex.build(model)
     if max((_columns(index, n) for n in layers), default=0) >= LARGE_GRAM_COLUMNS:
         batch_size = max(batch_size, LARGE_GRAM_BATCH)
-    sampling = _sampling(model, layers, images, batch_size, sample_rows)
+    sampling = _sampling(index, layers, images, batch_size, sample_rows)
     steps = {name: plan.step for name, plan in sampling.items()}
     feed = input_name(model)
     sessions: dict[int, tuple[ort.InferenceSession, dict[str, _Outputs]]] = {}

@@ -22,7 +22,7 @@ from workload.errors import CalibrationError
 log = logging.getLogger(__name__)
 
 DRIFT_PROBE_IMAGES = 16
-# The probe's unoptimized float session holds a batch's activations: 16 at once raised Lite0's peak by 150 MB.
+# The probe's unoptimized float session holds a batch's activations: 16 at once set Lite0's peak.
 DRIFT_PROBE_BATCH = 4
 
 
