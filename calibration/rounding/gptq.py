@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 DAMPING = 0.01
 # Columns rounded between two GEMM updates of the later columns (the GPTQ paper uses 128).
 BLOCK = 128
+# Size at which the triangular inverse in ``inverse_cholesky`` stops splitting and inverts directly.
+TRIANGLE_BLOCK = 128
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,32 @@ def damped(hessian: np.ndarray) -> np.ndarray:
     h[:, diagonal, diagonal] += np.where(h[:, diagonal, diagonal] == 0, 1.0, 0.0)
     h[:, diagonal, diagonal] += DAMPING * h[:, diagonal, diagonal].mean(axis=1, keepdims=True)
     return h
+
+
+def inverse_cholesky(hessian: np.ndarray) -> np.ndarray:
+    """The upper triangular U with H⁻¹ = UᵀU for the damped H (groups, K, K), without forming H⁻¹.
+
+    With J the order-reversing permutation and JHJ = LLᵀ (lower L), H⁻¹ = (J L⁻ᵀ J)(J L⁻¹ J), and J L⁻¹ J
+    is upper triangular with a positive diagonal, so by the uniqueness of Cholesky factors it is U. A
+    Cholesky factorization and a triangular inverse cost a third of the flops of a general inverse
+    followed by a Cholesky factorization, and never round H⁻¹ itself.
+    """
+    lower = np.linalg.cholesky(damped(hessian)[:, ::-1, ::-1])
+    return _lower_inverse(lower)[:, ::-1, ::-1]
+
+
+def _lower_inverse(lower: np.ndarray) -> np.ndarray:
+    """L⁻¹ for lower triangular L (groups, K, K), by halves: [[A, 0], [B, C]]⁻¹ = [[A⁻¹, 0], [−C⁻¹BA⁻¹, C⁻¹]],
+    so that nearly all of the work is matrix products."""
+    k = lower.shape[1]
+    if k <= TRIANGLE_BLOCK:
+        return np.tril(np.linalg.inv(lower))
+    half = k // 2
+    result = np.zeros_like(lower)
+    top = result[:, :half, :half] = _lower_inverse(lower[:, :half, :half])
+    bottom = result[:, half:, half:] = _lower_inverse(lower[:, half:, half:])
+    result[:, half:, :half] = -np.matmul(bottom, np.matmul(lower[:, half:, :half], top))
+    return result
 
 
 def gptq_round(weight: np.ndarray, hessian: np.ndarray, encoding: Encoding, free_columns: int = 0,
@@ -109,41 +137,45 @@ def _round_in_order(weight: np.ndarray, hessian: np.ndarray, encoding: Encoding,
     quantized = k - free_columns
     scale = np.broadcast_to(encoding.scale.astype(np.float64).reshape(-1, 1) if encoding.axis is not None
                             else np.float64(encoding.scale), (groups * rows, 1)).reshape(groups, rows, 1)
-    upper = np.linalg.cholesky(np.linalg.inv(damped(hessian))).transpose(0, 2, 1)  # H⁻¹ = UᵀU
+    upper = inverse_cholesky(hessian)
 
     original = weight.astype(np.float64)
     absolute = np.abs(original[:, :, :quantized])
     limit = absolute.max(axis=2, keepdims=True) if encoding.axis is not None else absolute.max()
-    pinned = np.concatenate([absolute == limit, np.zeros((groups, rows, free_columns), bool)], axis=2)
-    w = original.copy()
-    codes = np.empty((groups, rows, quantized), np.int8)
+    # Columns as rows, so that each column and each block of columns is contiguous.
+    pinned = (absolute == limit).transpose(0, 2, 1)
+    kept = original.transpose(0, 2, 1)
+    w = kept.copy()
+    step = scale.transpose(0, 2, 1)[:, 0]
+    codes = np.empty((groups, quantized, rows), np.int8)
     # Lazy batch updates (the GPTQ paper's): columns are rounded one by one within a block, and the block's
-    # errors reach the later columns in one GEMM. Column c's value is original_c − Σ_{j<c} e_j·U[j, c] either way.
+    # errors reach the later columns in one GEMM. Column c's value is original_c − Σ_{j<c} e_j·U[j, c] either way,
+    # except that the elements that set a scale are read as their original values.
     for begin in range(0, quantized, BLOCK):
         end = min(begin + BLOCK, quantized)
-        block = w[:, :, begin:end]
+        block = w[:, begin:end]
         errors = np.empty_like(block)
         for j in range(end - begin):
             column = begin + j
-            q = np.clip(np.round(block[:, :, j : j + 1] / scale), -127, 127)
-            codes[:, :, column] = q[:, :, 0]
-            error = (block[:, :, j : j + 1] - q * scale) / upper[:, column, column][:, None, None]
-            errors[:, :, j : j + 1] = error
-            block[:, :, j + 1 :] -= error * upper[:, None, column, column + 1 : end]
-            block[:, :, j + 1 :] = np.where(pinned[:, :, column + 1 : end], original[:, :, column + 1 : end],
-                                            block[:, :, j + 1 :])
-        w[:, :, end:] -= np.matmul(errors, upper[:, begin:end, end:])
-        w[:, :, end:] = np.where(pinned[:, :, end:], original[:, :, end:], w[:, :, end:])
-    return codes, w[:, :, quantized:]
+            value = np.where(pinned[:, column], kept[:, column], block[:, j])
+            q = np.clip(np.round(value / step), -127, 127)
+            codes[:, column] = q
+            errors[:, j] = (value - q * step) / upper[:, column, column][:, None]
+            block[:, j + 1 :] -= upper[:, column, column + 1 : end, None] * errors[:, None, j]
+        w[:, end:] -= np.matmul(upper[:, begin:end, end:].transpose(0, 2, 1), errors)
+    return codes.transpose(0, 2, 1), w[:, quantized:].transpose(0, 2, 1)
 
 
-def output_error(weight: np.ndarray, approximation: np.ndarray, hessian: np.ndarray) -> float:
-    """tr(ΔW̃ H ΔW̃ᵀ) / tr(W̃ H W̃ᵀ), summed over groups: the relative output error energy on the rows behind H."""
-    delta = (weight - approximation).astype(np.float64)
+def output_errors(weight: np.ndarray, hessian: np.ndarray, *approximations: np.ndarray) -> list[float]:
+    """tr(ΔW̃ H ΔW̃ᵀ) / tr(W̃ H W̃ᵀ), summed over groups, for each approximation: the relative output error
+    energy on the rows behind H. GEMMs (einsum's three-operand loop took seconds), the energy computed once."""
     w = weight.astype(np.float64)
-    error = np.sum(np.matmul(delta, hessian) * delta)  # a GEMM: einsum's three-operand loop took seconds
-    energy = np.sum(np.matmul(w, hessian) * w)
-    return float(error / max(energy, 1e-30))
+    energy = max(float(np.sum(np.matmul(w, hessian) * w)), 1e-30)
+    errors = []
+    for approximation in approximations:
+        delta = w - approximation
+        errors.append(float(np.sum(np.matmul(delta, hessian) * delta)) / energy)
+    return errors
 
 
 def _grouped(weight: np.ndarray, groups: int) -> np.ndarray:
@@ -207,9 +239,9 @@ def round_weights(model: onnx.ModelProto, hessians: dict[str, np.ndarray], per_c
         scale = encoding.scale.reshape(groups, -1, 1) if per_channel else encoding.scale
         rounded = (codes * scale).astype(np.float32)
         nearest = _grouped(encoding.fake_quantize(moved), groups)
-        report.append(RoundedLayer(
-            node.name, output_error(original, np.concatenate([nearest, bias], axis=2), hessians[node.name]),
-            output_error(original, np.concatenate([rounded, new_bias], axis=2), hessians[node.name])))
+        report.append(RoundedLayer(node.name, *output_errors(original, hessians[node.name],
+                                                             np.concatenate([nearest, bias], axis=2),
+                                                             np.concatenate([rounded, new_bias], axis=2))))
         index.set_constant(node.input[1], np.moveaxis(rounded.reshape(moved.shape), 0, axis))
         index.set_constant(biases[node.name], new_bias.reshape(-1))
     log.info("gptq: %d layers, relative output error %.3g → %.3g (sum over layers)", len(report),

@@ -16,7 +16,15 @@ from calibration.graph.session import make_session
 from calibration.quant.encodings import activation_encoding, weight_encoding
 from calibration.quant.simulate import with_activation_qdq
 from calibration.rounding import hessian as hessian_module
-from calibration.rounding.gptq import BLOCK, damped, gptq_round, layer_hessians, output_error
+from calibration.rounding.gptq import (
+    BLOCK,
+    TRIANGLE_BLOCK,
+    damped,
+    gptq_round,
+    inverse_cholesky,
+    layer_hessians,
+    output_errors,
+)
 from calibration.rounding.hessian import input_hessians
 from calibration.source.models.builder import GraphBuilder
 from calibration.steps.runner import run_steps, write_int8
@@ -138,7 +146,8 @@ def test_gptq_beats_round_to_nearest_on_held_out_inputs(per_channel: bool, act_o
     check = hessian_of(held_out)
     nearest = np.concatenate([encoding.fake_quantize(weight), bias[:, None]], axis=1)[None]
     gptq = np.concatenate([grid, new_bias[0]], axis=1)[None]
-    assert output_error(original, gptq, check) < 0.6 * output_error(original, nearest, check)
+    gptq_error, nearest_error = output_errors(original, check, gptq, nearest)
+    assert gptq_error < 0.6 * nearest_error
 
 
 def test_act_order_is_in_order_rounding_of_the_permuted_columns() -> None:
@@ -186,11 +195,21 @@ def test_lazy_batch_updates_round_as_column_by_column_gptq() -> None:
     np.testing.assert_allclose(bias, expected_bias, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("k", [7, 2 * TRIANGLE_BLOCK + 45])
+def test_inverse_cholesky_is_the_cholesky_factor_of_the_damped_inverse(k: int) -> None:
+    hessian = np.stack([hessian_of(correlated_rows(3 * k, RNG.normal(0, 1, (k, k)) * RNG.uniform(0.1, 3.0, k)))[0]
+                        for _ in range(2)])
+    upper = inverse_cholesky(hessian)
+    assert np.array_equal(upper, np.triu(upper)) and np.all(np.diagonal(upper, axis1=1, axis2=2) > 0)
+    expected = np.linalg.cholesky(np.linalg.inv(damped(hessian))).transpose(0, 2, 1)
+    np.testing.assert_allclose(upper, expected, rtol=0, atol=1e-9 * np.abs(expected).max())
+
+
 def test_output_error_matches_the_direct_computation() -> None:
     x = np.hstack([RNG.normal(0, 1, (500, 6)), np.ones((500, 1))])
     w, a = RNG.normal(0, 1, (1, 3, 7)), RNG.normal(0, 1, (1, 3, 7))
     direct = np.sum((x @ (w[0] - a[0]).T) ** 2) / np.sum((x @ w[0].T) ** 2)
-    assert output_error(w, a, (x.T @ x)[None]) == pytest.approx(direct, rel=1e-9)
+    assert output_errors(w, (x.T @ x)[None], a) == pytest.approx([direct], rel=1e-9)
 
 
 def small_model(seed: int = 0) -> onnx.ModelProto:
