@@ -5,14 +5,19 @@ For each layer the graph gets a few extra nodes, fed from the layer's own uint8 
 layer's DequantizeLinear so that ORT still fuses the layer. A convolution's input rows are its im2col patches,
 extracted by a Conv with one-hot kernels (``group`` = input channels, one output channel per kernel tap, the
 layer's own strides, pads and dilations), or the input itself reshaped for a 1×1 stride-1 convolution.
-- Grouped and dense layers: the patches are laid out (groups, K, N·rows) and multiplied with their transpose,
-  one batched GEMM per layer and batch; one group's Gram of 512 columns or more as the blocks on and above the
-  diagonal only.
+- Dense convolutions reading a dequantized uint8 tensor (every one in the int8 model but the first): the patches'
+  integers q, as (K, rows) and (rows, K), go through MatMulInteger with the zero point z, which gives
+  Σ(q − z)(q − z)ᵀ exactly in int32 where one batch cannot overflow it, and faster than a float32 GEMM (1.2–1.7×
+  here); the scale² multiplies the accumulated sums. A k×k layer's patches are im2col'd in float and quantized
+  back, exactly, with the input's own scale and zero point.
+- Other grouped and dense layers: the float patches are laid out (groups, K, N·rows) and multiplied with their
+  transpose, one batched GEMM per layer and batch.
+- One group's Gram of 512 columns or more is computed as the blocks on and above the diagonal only.
 - Depthwise layers (one input channel per group) skip that transpose: the patch planes, (N, C, K, rows) as the
   im2col Conv writes them, are multiplied with themselves per image and channel, one batched GEMM, and a
   ReduceSum adds the images.
-The patches' sum over rows gives the bias column. Only the Gram matrices and sums leave ORT, in float32 per
-batch, and are accumulated across batches in float64.
+The float patches' sum over rows gives the bias column. Only the Gram matrices and sums leave ORT, per batch, and
+are accumulated across batches in float64.
 
 Not every row is needed: a layer with many output positions samples every second (fourth, …) row and column of
 them, and a layer whose Hessian has few columns leaves the pass once it has seen enough images for
@@ -59,6 +64,18 @@ class _Outputs:
     total: str  # (groups, K): the rows' sum
     shape: str  # int64: the shape of the tensor whose ``row_axes`` count the batch's rows
     row_axes: tuple[int, ...]
+    gram_scale: float = 1.0  # the Gram's factor: s² for integer Grams Σ(q − z)(q − z)ᵀ, accumulated exactly
+
+
+@dataclass(frozen=True)
+class _LayerInput:
+    """A layer's input as the Hessian nodes read it: float values and, where it is a per-tensor dequantized
+    uint8 tensor, those integers with their scale and zero point (values = scale·(integers − zero))."""
+
+    values: str
+    integers: str | None = None
+    scale: float = 1.0
+    zero: int = 0
 
 
 def _one_hot_kernels(channels: int, kh: int, kw: int) -> np.ndarray:
@@ -114,13 +131,16 @@ def row_stride(output_rows: int) -> int:
 
 
 class _Builder:
-    """Appends the Hessian nodes of each layer to a copy of the model (layer name → its position step)."""
+    """Appends the Hessian nodes of each layer to a copy of the model, given each layer's sampling and the
+    batch size the session will run."""
 
-    def __init__(self, model: onnx.ModelProto, steps: dict[str, int]):
+    def __init__(self, model: onnx.ModelProto, sampling: dict[str, _Sampling], batch_size: int):
         self.model = onnx.ModelProto()
         self.model.CopyFrom(model)
         del self.model.graph.output[:]
-        self.steps = steps
+        self.steps = {name: plan.step for name, plan in sampling.items()}
+        self.rows_per_image = {name: plan.rows for name, plan in sampling.items() if plan.rows is not None}
+        self.batch_size = batch_size
         self.opset = next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), 1)
         if self.opset < 13:
             raise CalibrationError(f"gptq: the in-graph Hessians need opset 13 or later (the model has {self.opset})")
@@ -142,14 +162,17 @@ class _Builder:
         return self._constant(name, np.array(values, np.int64))
 
     def _outputs(self, gram: str | tuple[tuple[str, int, int], ...], total: str, shaped: str,
-                 row_axes: tuple[int, ...]) -> _Outputs:
+                 row_axes: tuple[int, ...], gram_scale: float | None = None) -> _Outputs:
+        """Graph outputs for the Gram blocks (int32 where ``gram_scale`` is given, float otherwise), the sum and
+        the row count."""
         blocks = ((gram, 0, 0),) if isinstance(gram, str) else gram
         shape = self._node("Shape", [shaped], f"{shaped}.shape")
-        self.model.graph.output.extend([helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+        gram_type = TensorProto.FLOAT if gram_scale is None else TensorProto.INT32
+        self.model.graph.output.extend([helper.make_tensor_value_info(name, gram_type, None)
                                         for name, _, _ in blocks])
         self.model.graph.output.extend([helper.make_tensor_value_info(total, TensorProto.FLOAT, None),
                                         helper.make_tensor_value_info(shape, TensorProto.INT64, None)])
-        return _Outputs(blocks, total, shape, row_axes)
+        return _Outputs(blocks, total, shape, row_axes, 1.0 if gram_scale is None else gram_scale)
 
     def _depthwise(self, prefix: str, patches: str, channels: int, k: int) -> _Outputs:
         """Gram matrices of a depthwise layer from its patch planes (N, C·K, Ho, Wo): one small GEMM per image and
@@ -164,7 +187,7 @@ class _Builder:
         total = self._reduce_sum(per_image_sum, [0], f"{prefix}.sum")
         return self._outputs(gram, total, planes, (0, 3))
 
-    def _input(self, name: str, prefix: str, step: int) -> str:
+    def _input(self, name: str, prefix: str, step: int) -> _LayerInput:
         """The layer input ``name`` for the Hessian nodes, at every ``step``-th position in H and W. A
         DequantizeLinear's output is recomputed from its integers (Slice first, then Cast, Sub, Mul: the same
         float values), so that the DequantizeLinear keeps the layer as its only consumer and ORT still fuses the
@@ -178,7 +201,7 @@ class _Builder:
                                           self._ints(f"{prefix}.axes", [2, 3]),
                                           self._ints(f"{prefix}.steps", [step, step])], f"{prefix}.sampled")
         if not dequantize:
-            return source
+            return _LayerInput(source)
         zero = (self.index.constant(producer.input[2]) if len(producer.input) > 2 and producer.input[2]
                 else np.zeros(1, np.uint8))
         scale = self.index.constant(producer.input[1])
@@ -187,8 +210,12 @@ class _Builder:
         values = self._node("Cast", [source], f"{prefix}.integers", to=TensorProto.FLOAT)
         zero_point = self._constant(f"{prefix}.zero_point", zero.astype(np.float32).reshape(()))
         shifted = self._node("Sub", [values, zero_point], f"{prefix}.shifted")
-        return self._node("Mul", [shifted, self._constant(f"{prefix}.scale", scale.astype(np.float32).reshape(()))],
-                          f"{prefix}.input")
+        dequantized = self._node("Mul", [shifted, self._constant(f"{prefix}.scale",
+                                                                 scale.astype(np.float32).reshape(()))],
+                                 f"{prefix}.input")
+        if zero.dtype != np.uint8:
+            return _LayerInput(dequantized)
+        return _LayerInput(dequantized, source, float(scale.reshape(())), int(zero.reshape(())))
 
     def add(self, node: onnx.NodeProto) -> _Outputs:
         """The layer's Gram matrices and row sums, as graph outputs."""
@@ -196,7 +223,7 @@ class _Builder:
         if node.op_type == "Gemm":
             if attribute(node, "transA", 0):
                 raise CalibrationError(f"Gemm '{node.name}': gptq does not handle transA=1")
-            x = self._input(node.input[0], prefix, 1)
+            x = self._input(node.input[0], prefix, 1).values
             rows = self._node("Transpose", [x], f"{prefix}.rows_t", perm=[1, 0])  # (K, N)
             patches = self._node("Unsqueeze", [rows, self._ints(f"{prefix}.unsqueeze", [0])],
                                  f"{prefix}.patches")  # (1, K, N)
@@ -211,24 +238,64 @@ class _Builder:
         channels = weight.shape[1] * groups
         k = weight.shape[1] * kh * kw
         step = self.steps[node.name]
-        if _is_pointwise(node, kh, kw):
-            source = self._input(node.input[0], prefix, step)
-        else:
-            x = self._input(node.input[0], prefix, 1)
+        pointwise = _is_pointwise(node, kh, kw)
+        x = self._input(node.input[0], prefix, step if pointwise else 1)
+        source = x.values
+        if not pointwise:
             attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute
                           if a.name in ("pads", "dilations", "auto_pad")}
             strides = [s * step for s in attribute(node, "strides", [1, 1])]
             kernels = self._constant(f"{prefix}.one_hot", _one_hot_kernels(channels, kh, kw))
-            source = self._node("Conv", [x, kernels], f"{prefix}.im2col", group=channels,
+            source = self._node("Conv", [x.values, kernels], f"{prefix}.im2col", group=channels,
                                 kernel_shape=[kh, kw], strides=strides, **attributes)
             if weight.shape[1] == 1:
                 return self._depthwise(prefix, source, channels, k)
+        if groups == 1 and x.integers is not None and self._fits_int32(node, x.zero):
+            integers = x.integers
+            if not pointwise:  # the patches of the dequantized values are exact multiples of the scale
+                integers = self._node("QuantizeLinear", [source, self._constant(f"{prefix}.patch_scale", np.float32(
+                    x.scale)), self._constant(f"{prefix}.patch_zero", np.uint8(x.zero))], f"{prefix}.patch_integers")
+            return self._integer_gram(prefix, integers, source, k, x)
         shaped = self._node("Reshape", [source, self._ints(f"{prefix}.shape4", [0, groups, k, -1])],
                             f"{prefix}.per_image")  # (N, groups, K, H·W)
         moved = self._node("Transpose", [shaped], f"{prefix}.moved", perm=[1, 2, 0, 3])  # (groups, K, N, H·W)
         patches = self._node("Reshape", [moved, self._ints(f"{prefix}.shape3", [groups, k, -1])],
                              f"{prefix}.patches")  # (groups, K, rows)
         return self._gram(prefix, patches, groups, k)
+
+    def _fits_int32(self, node: onnx.NodeProto, zero: int) -> bool:
+        """Whether Σ(q − z)² over one batch's rows of the layer fits in int32 whatever the integers are."""
+        largest = max(zero, 255 - zero) ** 2
+        return self.batch_size * self.rows_per_image.get(node.name, INT64_MAX) * largest < 2**31
+
+    def _integer_gram(self, prefix: str, integers: str, values: str, k: int, x: _LayerInput) -> _Outputs:
+        """A dense convolution's Gram Σ(q − z)(q − z)ᵀ from its uint8 patches (N, K, H, W), MatMulInteger on
+        (K, rows) × (rows, K), exact in int32 (``_fits_int32``) and faster than float32 GEMMs; as blocks on and
+        above the diagonal from ``GRAM_BLOCK`` columns. The sums come from the float patches ``values``."""
+        per_image = self._node("Reshape", [integers, self._ints(f"{prefix}.shape3", [0, k, -1])],
+                               f"{prefix}.per_image")  # (N, K, H·W)
+        rows_first = self._node("Reshape", [self._node("Transpose", [per_image], f"{prefix}.moved", perm=[0, 2, 1]),
+                                            self._ints(f"{prefix}.shape2", [-1, k])], f"{prefix}.rows")  # (rows, K)
+        columns_first = self._node("Transpose", [rows_first], f"{prefix}.columns", perm=[1, 0])  # (K, rows)
+        zero = self._constant(f"{prefix}.gram_zero", np.uint8(x.zero))
+        edges = _block_edges(k)
+        left = [self._slice(columns_first, edges, i, 0, f"{prefix}.left{i}") for i in range(len(edges) - 1)]
+        right = [self._slice(rows_first, edges, i, 1, f"{prefix}.right{i}") for i in range(len(edges) - 1)]
+        gram = tuple((self._node("MatMulInteger", [left[i], right[j], zero, zero], f"{prefix}.gram{i}_{j}"),
+                      edges[i], edges[j]) for i in range(len(left)) for j in range(i, len(left)))
+        flat = self._node("Reshape", [values, self._ints(f"{prefix}.values_shape", [0, k, -1])], f"{prefix}.values")
+        per_image_sum = self._reduce_sum(flat, [2], f"{prefix}.per_image_sum")  # (N, K)
+        total = self._node("ReduceSum", [per_image_sum, self._ints(f"{prefix}.sum_axes", [0])], f"{prefix}.sum",
+                           keepdims=1)  # (1, K)
+        return self._outputs(gram, total, rows_first, (0,), x.scale**2)
+
+    def _slice(self, data: str, edges: list[int], part: int, axis: int, output: str) -> str:
+        """Part ``part`` of ``data`` along ``axis``, between ``edges[part]`` and ``edges[part + 1]``."""
+        if len(edges) == 2:
+            return data
+        return self._node("Slice", [data, self._ints(f"{output}.starts", [edges[part]]),
+                                    self._ints(f"{output}.ends", [edges[part + 1]]),
+                                    self._ints(f"{output}.axes", [axis])], output)
 
     def _gram(self, prefix: str, patches: str, groups: int, k: int) -> _Outputs:
         """Gram matrices and sums of (groups, K, rows) patches. One group's Gram is (K, K) (numpy adds the group
@@ -238,21 +305,21 @@ class _Builder:
         gram: str | tuple[tuple[str, int, int], ...]
         if groups == 1:
             flat = self._node("Squeeze", [patches, self._ints(f"{prefix}.squeeze", [0])], f"{prefix}.flat")
-            count = -(-k // GRAM_BLOCK)
-            if count == 1:
-                gram = self._node("Gemm", [flat, flat], f"{prefix}.gram", transB=1)
-            else:
-                edges = [round(i * k / count) for i in range(count + 1)]
-                parts = [self._node("Slice", [flat, self._ints(f"{prefix}.part{i}.starts", [edges[i]]),
-                                              self._ints(f"{prefix}.part{i}.ends", [edges[i + 1]]),
-                                              self._ints(f"{prefix}.part{i}.axes", [0])], f"{prefix}.part{i}")
-                         for i in range(count)]
-                gram = tuple((self._node("Gemm", [parts[i], parts[j]], f"{prefix}.gram{i}_{j}", transB=1),
-                              edges[i], edges[j]) for i in range(count) for j in range(i, count))
+            edges = _block_edges(k)
+            parts = [self._slice(flat, edges, i, 0, f"{prefix}.part{i}") for i in range(len(edges) - 1)]
+            gram = tuple((self._node("Gemm", [parts[i], parts[j]], f"{prefix}.gram{i}_{j}", transB=1),
+                          edges[i], edges[j]) for i in range(len(parts)) for j in range(i, len(parts)))
         else:
             transposed = self._node("Transpose", [patches], f"{prefix}.patches_t", perm=[0, 2, 1])
             gram = self._node("MatMul", [patches, transposed], f"{prefix}.gram")
         return self._outputs(gram, self._reduce_sum(patches, [2], f"{prefix}.sum"), patches, (2,))
+
+
+def _block_edges(k: int) -> list[int]:
+    """Edges of the column blocks of a (K, K) Gram: one block under ``GRAM_BLOCK`` columns, else blocks of about
+    ``GRAM_BLOCK``."""
+    count = -(-k // GRAM_BLOCK)
+    return [round(i * k / count) for i in range(count + 1)]
 
 
 @dataclass(frozen=True)
@@ -262,31 +329,34 @@ class _Sampling:
 
     step: int
     images: int
+    rows: int | None  # the rows per image it sees, where shape inference tells
 
 
 def _sampling(index: GraphIndex, layers: list[onnx.NodeProto], images: np.ndarray, batch_size: int,
               sample_rows: bool) -> dict[str, _Sampling]:
     """Each layer's position step (``row_stride``) and image count: enough images for ``ROWS_PER_COLUMN`` rows per
     Hessian column, rounded up to a power of two times the batch size, or all of them."""
-    if not sample_rows:
-        return {node.name: _Sampling(1, len(images)) for node in layers}
     sizes = _spatial_sizes(index.model, images.shape)
     plan = {}
     for node in layers:
+        rows: int | None
         if node.op_type == "Gemm" or node.output[0] not in sizes:
-            step, rows = 1, 1 if node.op_type == "Gemm" else 0
+            step, rows = 1, 1 if node.op_type == "Gemm" else None
         else:
             # auto_pad's pads depend on the stride, so a layer with it keeps every position.
             output_rows = int(np.prod(sizes[node.output[0]]))
-            step = row_stride(output_rows) if _explicit_pads(node) is not None else 1
+            step = row_stride(output_rows) if sample_rows and _explicit_pads(node) is not None else 1
             rows = len(range(0, sizes[node.output[0]][0], step)) * len(range(0, sizes[node.output[0]][1], step))
+        if not sample_rows:
+            plan[node.name] = _Sampling(1, len(images), rows)
+            continue
         columns = _columns(index, node) + 1
         count = len(images)
         if rows:
             count = batch_size
             while count * rows < ROWS_PER_COLUMN * columns and count < len(images):
                 count *= 2
-        plan[node.name] = _Sampling(step, min(count, len(images)))
+        plan[node.name] = _Sampling(step, min(count, len(images)), rows)
     return plan
 
 
@@ -306,9 +376,9 @@ def _weight(index: GraphIndex, node: onnx.NodeProto) -> np.ndarray:
     return index.constant(name)
 
 
-def _hessian_session(model: onnx.ModelProto, layers: list[onnx.NodeProto], steps: dict[str, int], optimize: bool
-                     ) -> tuple[ort.InferenceSession, dict[str, _Outputs]]:
-    builder = _Builder(model, steps)
+def _hessian_session(model: onnx.ModelProto, layers: list[onnx.NodeProto], sampling: dict[str, _Sampling],
+                     batch_size: int, optimize: bool) -> tuple[ort.InferenceSession, dict[str, _Outputs]]:
+    builder = _Builder(model, sampling, batch_size)
     outputs = {node.name: builder.add(node) for node in layers}
     # Without ORT's arena: the pass holds many branches' intermediates, and the arena kept their high-water mark.
     return make_session(builder.model, optimize=optimize, arena=False), outputs
@@ -318,9 +388,9 @@ def input_hessians(model: onnx.ModelProto, layer_names: Sequence[str], images: n
                    batch_size: int, show_progress: bool = True, sample_rows: bool = True, optimize: bool = False
                    ) -> dict[str, np.ndarray]:
     """Each named layer's H = Σ x̃x̃ᵀ over its input rows (x̃ = [x; 1]) per group, (groups, K+1, K+1), over
-    ``images`` through ``model``, streamed batch by batch (float32 products per batch inside ORT, accumulated
-    in float64). With ``sample_rows`` each layer sees the rows ``_sampling`` gives it; a layer leaves the pass
-    once it has seen its images.
+    ``images`` through ``model``, streamed batch by batch (products per batch inside ORT, float32 or exact
+    int32, accumulated in float64). With ``sample_rows`` each layer sees the rows ``_sampling`` gives it; a layer
+    leaves the pass once it has seen its images.
 
     The layers are looked up in ``model`` itself, so in a QDQ model their inputs are the dequantized tensors the
     int8 layers read; ``optimize`` runs it with ORT's fused int8 kernels (``Builder._input`` keeps them fused)."""
@@ -330,12 +400,12 @@ def input_hessians(model: onnx.ModelProto, layer_names: Sequence[str], images: n
     if max((_columns(index, n) for n in layers), default=0) >= LARGE_GRAM_COLUMNS:
         batch_size = max(batch_size, LARGE_GRAM_BATCH)
     sampling = _sampling(index, layers, images, batch_size, sample_rows)
-    steps = {name: plan.step for name, plan in sampling.items()}
     feed = input_name(model)
     sessions: dict[int, tuple[ort.InferenceSession, dict[str, _Outputs]]] = {}
     grams: dict[str, np.ndarray] = {}
     sums: dict[str, np.ndarray] = {}
     rows: dict[str, int] = {}
+    gram_scales: dict[str, float] = {}
     with tqdm(total=len(images), desc="gptq inputs", unit="img", disable=not show_progress) as progress:
         for start in range(0, len(images), batch_size):
             batch = np.ascontiguousarray(images[start : start + batch_size])
@@ -344,7 +414,7 @@ def input_hessians(model: onnx.ModelProto, layer_names: Sequence[str], images: n
                 progress.update(len(images) - start)
                 break
             if len(active) not in sessions:  # the active layers only ever shrink
-                sessions = {len(active): _hessian_session(model, active, steps, optimize)}
+                sessions = {len(active): _hessian_session(model, active, sampling, batch_size, optimize)}
             session, outputs = sessions[len(active)]
             names = [o.name for o in session.get_outputs()]
             values = dict(zip(names, session.run(names, {feed: batch})))
@@ -353,13 +423,14 @@ def input_hessians(model: onnx.ModelProto, layer_names: Sequence[str], images: n
                     grams[name] = np.zeros(values[out.total].shape + values[out.total].shape[-1:], np.float64)
                     sums[name] = np.zeros(values[out.total].shape, np.float64)
                     rows[name] = 0
+                    gram_scales[name] = out.gram_scale
                 for block, row, column in out.gram:
                     gram = values[block]  # (K, K) blocks broadcast over the one group
                     grams[name][..., row : row + gram.shape[-2], column : column + gram.shape[-1]] += gram
                 sums[name] += values[out.total]
                 rows[name] += int(np.prod(values[out.shape][list(out.row_axes)]))
             progress.update(len(batch))
-    return {name: _augmented(grams[name], sums[name], rows[name]) for name in grams}
+    return {name: _augmented(grams[name] * gram_scales[name], sums[name], rows[name]) for name in grams}
 
 
 def _augmented(gram: np.ndarray, total: np.ndarray, rows: int) -> np.ndarray:

@@ -303,7 +303,7 @@ def test_hessians_are_the_grams_of_what_the_fused_int8_layers_read(tmp_path: Pat
         expected = np.matmul(rows.transpose(0, 2, 1), rows)
         np.testing.assert_allclose(hessians[name], expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max(),
                                    err_msg=name)
-    builder = hessian_module._Builder(int8_model, dict.fromkeys(layers, 1))
+    builder = hessian_module._Builder(int8_model, dict.fromkeys(layers, hessian_module._Sampling(1, 8, 64)), 4)
     for node in layers.values():
         builder.add(node)
     options = ort.SessionOptions()
@@ -313,8 +313,33 @@ def test_hessians_are_the_grams_of_what_the_fused_int8_layers_read(tmp_path: Pat
     optimized = onnx.load(options.optimized_model_filepath).graph.node
     assert sum(n.op_type == "QLinearConv" for n in optimized) == 6
     assert not [n.name for n in optimized if n.op_type in ("Conv", "Gemm", "MatMul") and ".hessian" not in n.name]
-    assert not [n.name for n in optimized if n.op_type.startswith(("QLinear", "QGemm", "MatMulInteger"))
-                and ".hessian" in n.name]
+    integer = [n for n in optimized if n.op_type.startswith(("QLinear", "QGemm", "MatMulInteger"))
+               and ".hessian" in n.name]
+    assert all(n.op_type == "MatMulInteger" and ".hessian.gram" in n.name for n in integer)
+    assert {n.name.split(".hessian")[0] for n in integer} == {"c1", "c3", "c4", "c5", "c6"}  # the dense convolutions
+
+
+@pytest.mark.parametrize(("low", "high"), [(0.0, 1.0), (-1.0, 1.0)])
+def test_integer_grams_are_exact_at_the_extremes_of_the_uint8_range(low: float, high: float) -> None:
+    """Dense convolutions' Grams come from MatMulInteger on the uint8 patches: with every product at its largest
+    (|q − z| up to 255), where a kernel summing pairs of u8 × s8 products in int16 would saturate, H is still the
+    Gram of the dequantized patches; a batch whose sum could overflow int32 takes the float path."""
+    encoding = activation_encoding(low, high)
+    x = np.where(RNG.random((6, 3, 8, 8)) < 0.9, high, low).astype(np.float32)
+    x[:, 0, :2] = RNG.uniform(low, high, (6, 2, 8))
+    model = with_activation_qdq(conv_model(RNG.normal(0, 1, (4, 3, 3, 3)).astype(np.float32), 1, 1, (1, 1, 1, 1), 1,
+                                           None), {"x": encoding})
+    rows = reference_patches(encoding.fake_quantize(x).astype(np.float64), 1, 3, 1, (1, 1, 1, 1), 1)
+    rows = np.concatenate([rows, np.ones((*rows.shape[:2], 1))], axis=2)
+    expected = np.matmul(rows.transpose(0, 2, 1), rows)
+    hessian = input_hessians(model, ["c"], x, 3, show_progress=False, optimize=True)["c"]
+    np.testing.assert_allclose(hessian, expected, rtol=1e-6)
+    node = next(n for n in model.graph.node if n.name == "c")
+    largest = max(int(encoding.zero_point), 255 - int(encoding.zero_point)) ** 2
+    for rows_per_image, integer in [(64, True), (2**31 // (4 * largest) + 1, False)]:
+        builder = hessian_module._Builder(model, {"c": hessian_module._Sampling(1, 6, rows_per_image)}, 4)
+        builder.add(node)
+        assert any(n.op_type == "MatMulInteger" for n in builder.model.graph.node) == integer
 
 
 def test_hessians_sample_positions_of_large_layers_and_images_of_small_ones() -> None:
