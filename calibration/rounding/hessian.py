@@ -46,8 +46,9 @@ MIN_ROWS_PER_IMAGE = 28 * 28
 # 3×3 layer's 10×10 Hessian settles on far fewer images than a 1281-column classifier's (the rates measured:
 # results/experiments/gptq_speed.md).
 ROWS_PER_COLUMN = 1000
-# One group's Gram with more columns than this is computed in blocks of about this size, upper triangle only.
-GRAM_BLOCK = 512
+# One group's Gram of at least twice this many columns is computed by halves, upper triangle only
+# (``_gram_blocks``): smaller diagonal blocks ran the integer GEMM at half its speed.
+GRAM_BLOCK = 256
 # A model with a Gram of this many columns or more (ResNet50's 3×3 layers: 4608) runs the pass on batches of at least
 # LARGE_GRAM_BATCH images: writing and accumulating each batch's (K, K) blocks costs as much as the GEMMs over a few
 # images' rows.
@@ -141,6 +142,7 @@ class _Builder:
         self.steps = {name: plan.step for name, plan in sampling.items()}
         self.rows_per_image = {name: plan.rows for name, plan in sampling.items() if plan.rows is not None}
         self.batch_size = batch_size
+        self.slices: set[str] = set()
         self.opset = next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), 1)
         if self.opset < 13:
             raise CalibrationError(f"gptq: the in-graph Hessians need opset 13 or later (the model has {self.opset})")
@@ -271,55 +273,60 @@ class _Builder:
     def _integer_gram(self, prefix: str, integers: str, values: str, k: int, x: _LayerInput) -> _Outputs:
         """A dense convolution's Gram Σ(q − z)(q − z)ᵀ from its uint8 patches (N, K, H, W), MatMulInteger on
         (K, rows) × (rows, K), exact in int32 (``_fits_int32``) and faster than float32 GEMMs; as blocks on and
-        above the diagonal from ``GRAM_BLOCK`` columns. The sums come from the float patches ``values``."""
+        above the diagonal (``_gram_blocks``). The sums come from the float patches ``values``."""
         per_image = self._node("Reshape", [integers, self._ints(f"{prefix}.shape3", [0, k, -1])],
                                f"{prefix}.per_image")  # (N, K, H·W)
         rows_first = self._node("Reshape", [self._node("Transpose", [per_image], f"{prefix}.moved", perm=[0, 2, 1]),
                                             self._ints(f"{prefix}.shape2", [-1, k])], f"{prefix}.rows")  # (rows, K)
         columns_first = self._node("Transpose", [rows_first], f"{prefix}.columns", perm=[1, 0])  # (K, rows)
         zero = self._constant(f"{prefix}.gram_zero", np.uint8(x.zero))
-        edges = _block_edges(k)
-        left = [self._slice(columns_first, edges, i, 0, f"{prefix}.left{i}") for i in range(len(edges) - 1)]
-        right = [self._slice(rows_first, edges, i, 1, f"{prefix}.right{i}") for i in range(len(edges) - 1)]
-        gram = tuple((self._node("MatMulInteger", [left[i], right[j], zero, zero], f"{prefix}.gram{i}_{j}"),
-                      edges[i], edges[j]) for i in range(len(left)) for j in range(i, len(left)))
+        gram = tuple((self._node("MatMulInteger", [self._slice(columns_first, rows, 0, k, f"{prefix}.left"),
+                                                   self._slice(rows_first, columns, 1, k, f"{prefix}.right"),
+                                                   zero, zero], f"{prefix}.gram{rows[0]}_{columns[0]}"),
+                      rows[0], columns[0]) for rows, columns in _gram_blocks(0, k))
         flat = self._node("Reshape", [values, self._ints(f"{prefix}.values_shape", [0, k, -1])], f"{prefix}.values")
         per_image_sum = self._reduce_sum(flat, [2], f"{prefix}.per_image_sum")  # (N, K)
         total = self._node("ReduceSum", [per_image_sum, self._ints(f"{prefix}.sum_axes", [0])], f"{prefix}.sum",
                            keepdims=1)  # (1, K)
         return self._outputs(gram, total, rows_first, (0,), x.scale**2)
 
-    def _slice(self, data: str, edges: list[int], part: int, axis: int, output: str) -> str:
-        """Part ``part`` of ``data`` along ``axis``, between ``edges[part]`` and ``edges[part + 1]``."""
-        if len(edges) == 2:
+    def _slice(self, data: str, span: tuple[int, int], axis: int, size: int, prefix: str) -> str:
+        """``data`` between ``span`` along ``axis`` (of ``size``), one Slice node per distinct span."""
+        if span == (0, size):
             return data
-        return self._node("Slice", [data, self._ints(f"{output}.starts", [edges[part]]),
-                                    self._ints(f"{output}.ends", [edges[part + 1]]),
-                                    self._ints(f"{output}.axes", [axis])], output)
+        output = f"{prefix}{span[0]}_{span[1]}"
+        if output not in self.slices:
+            self.slices.add(output)
+            self._node("Slice", [data, self._ints(f"{output}.starts", [span[0]]),
+                                 self._ints(f"{output}.ends", [span[1]]), self._ints(f"{output}.axes", [axis])], output)
+        return output
 
     def _gram(self, prefix: str, patches: str, groups: int, k: int) -> _Outputs:
         """Gram matrices and sums of (groups, K, rows) patches. One group's Gram is (K, K) (numpy adds the group
-        axis: an Unsqueeze here copied every Gram matrix); with ``GRAM_BLOCK`` columns or more it is computed as
-        the blocks on and above the diagonal of a grid of about ``GRAM_BLOCK`` × ``GRAM_BLOCK`` blocks: the GEMMs
-        below the diagonal would only repeat them transposed."""
+        axis: an Unsqueeze here copied every Gram matrix), computed as the blocks on and above the diagonal
+        (``_gram_blocks``): the GEMMs below the diagonal would only repeat them transposed."""
         gram: str | tuple[tuple[str, int, int], ...]
         if groups == 1:
             flat = self._node("Squeeze", [patches, self._ints(f"{prefix}.squeeze", [0])], f"{prefix}.flat")
-            edges = _block_edges(k)
-            parts = [self._slice(flat, edges, i, 0, f"{prefix}.part{i}") for i in range(len(edges) - 1)]
-            gram = tuple((self._node("Gemm", [parts[i], parts[j]], f"{prefix}.gram{i}_{j}", transB=1),
-                          edges[i], edges[j]) for i in range(len(parts)) for j in range(i, len(parts)))
+            gram = tuple((self._node("Gemm", [self._slice(flat, rows, 0, k, f"{prefix}.part"),
+                                              self._slice(flat, columns, 0, k, f"{prefix}.part")],
+                                     f"{prefix}.gram{rows[0]}_{columns[0]}", transB=1), rows[0], columns[0])
+                         for rows, columns in _gram_blocks(0, k))
         else:
             transposed = self._node("Transpose", [patches], f"{prefix}.patches_t", perm=[0, 2, 1])
             gram = self._node("MatMul", [patches, transposed], f"{prefix}.gram")
         return self._outputs(gram, self._reduce_sum(patches, [2], f"{prefix}.sum"), patches, (2,))
 
 
-def _block_edges(k: int) -> list[int]:
-    """Edges of the column blocks of a (K, K) Gram: one block under ``GRAM_BLOCK`` columns, else blocks of about
-    ``GRAM_BLOCK``."""
-    count = -(-k // GRAM_BLOCK)
-    return [round(i * k / count) for i in range(count + 1)]
+def _gram_blocks(start: int, end: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """The (rows, columns) spans of the blocks on and above the diagonal that make up the Gram of columns
+    [start, end): a span of at least 2·``GRAM_BLOCK`` columns splits in halves, one GEMM for the block between
+    them and each half recursively, so the off-diagonal GEMMs stay large and the diagonal ones (computed whole)
+    hold about 1/2^depth of the work."""
+    if end - start < 2 * GRAM_BLOCK:
+        return [((start, end), (start, end))]
+    middle = (start + end) // 2
+    return [((start, middle), (middle, end)), *_gram_blocks(start, middle), *_gram_blocks(middle, end)]
 
 
 @dataclass(frozen=True)

@@ -365,10 +365,10 @@ def test_hessians_sample_positions_of_large_layers_and_images_of_small_ones() ->
     assert every[0, -1, -1] == len(x) * size * size
 
 
-@pytest.mark.parametrize("block", [8, 10, 64])
+@pytest.mark.parametrize("block", [4, 5, 7, 64])
 def test_blocked_gram_equals_the_whole_one(block: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A dense layer's Gram computed as the blocks on and above the diagonal (about ``block`` columns each, the
-    last one shorter) and mirrored is the Gram of its rows."""
+    """A dense layer's Gram computed as the blocks on and above the diagonal (halves down to fewer than 2·``block``
+    columns) and mirrored is the Gram of its rows, in float and from integers."""
     monkeypatch.setattr(hessian_module, "GRAM_BLOCK", block)
     x = RNG.normal(0.5, 1, (5, 3, 9, 9)).astype(np.float32)
     model = conv_model(RNG.normal(0, 1, (4, 3, 3, 3)).astype(np.float32), 1, 1, (1, 1, 1, 1), 1, None)
@@ -378,3 +378,9 @@ def test_blocked_gram_equals_the_whole_one(block: int, monkeypatch: pytest.Monke
     hessian = input_hessians(model, ["c"], x, 2, show_progress=False)["c"]
     np.testing.assert_allclose(hessian, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
     np.testing.assert_array_equal(hessian, hessian.transpose(0, 2, 1))
+    # the integer Grams of a quantized input, by the same blocks
+    encoding = activation_encoding(float(x.min()), float(x.max()))
+    rows = reference_patches(encoding.fake_quantize(x).astype(np.float64), 1, 3, 1, (1, 1, 1, 1), 1)
+    rows = np.concatenate([rows, np.ones((*rows.shape[:2], 1))], axis=2)
+    integer = input_hessians(with_activation_qdq(model, {"x": encoding}), ["c"], x, 2, show_progress=False)["c"]
+    np.testing.assert_allclose(integer, np.matmul(rows.transpose(0, 2, 1), rows), rtol=1e-6)
