@@ -70,7 +70,7 @@ class RoundedLayer:
 
 def damped(hessian: np.ndarray) -> np.ndarray:
     """H with dead inputs given a unit diagonal and DAMPING·mean(diag) added to the diagonal."""
-    h = hessian.astype(np.float64).copy()
+    h = np.array(hessian, np.float64)
     diagonal = np.arange(h.shape[1])
     h[:, diagonal, diagonal] += np.where(h[:, diagonal, diagonal] == 0, 1.0, 0.0)
     h[:, diagonal, diagonal] += DAMPING * h[:, diagonal, diagonal].mean(axis=1, keepdims=True)

@@ -446,8 +446,11 @@ def _augmented(gram: np.ndarray, total: np.ndarray, rows: int) -> np.ndarray:
     hessian = np.empty((groups, k + 1, k + 1))
     # The upper triangle, mirrored: blocks below the diagonal were never computed, and float32 products need not
     # be symmetric within a block.
-    upper = np.triu(gram)
-    hessian[:, :k, :k] = upper + np.triu(gram, 1).transpose(0, 2, 1)
+    gram = np.triu(gram)
+    hessian[:, :k, :k] = gram
+    hessian[:, :k, :k] += gram.transpose(0, 2, 1)
+    diagonal = np.arange(k)
+    hessian[:, diagonal, diagonal] -= gram[:, diagonal, diagonal]
     hessian[:, :k, k] = total
     hessian[:, k, :k] = total
     hessian[:, k, k] = rows
