@@ -16,6 +16,7 @@ from calibration.graph.session import make_session
 from calibration.quant.encodings import activation_encoding, weight_encoding
 from calibration.quant.simulate import with_activation_qdq
 from calibration.rounding import hessian as hessian_module
+from calibration.rounding import hessian_graph
 from calibration.rounding.gptq import (
     BLOCK,
     TRIANGLE_BLOCK,
@@ -26,6 +27,7 @@ from calibration.rounding.gptq import (
     output_errors,
 )
 from calibration.rounding.hessian import input_hessians
+from calibration.rounding.hessian_graph import HessianGraph, Sampling
 from calibration.source.models.builder import GraphBuilder
 from calibration.steps.runner import run_steps, write_int8
 from calibration.steps.state import StepContext
@@ -303,7 +305,7 @@ def test_hessians_are_the_grams_of_what_the_fused_int8_layers_read(tmp_path: Pat
         expected = np.matmul(rows.transpose(0, 2, 1), rows)
         np.testing.assert_allclose(hessians[name], expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max(),
                                    err_msg=name)
-    builder = hessian_module._Builder(int8_model, dict.fromkeys(layers, hessian_module._Sampling(1, 8, 64)), 4)
+    builder = HessianGraph(int8_model, dict.fromkeys(layers, Sampling(1, 8, 64)), 4)
     for node in layers.values():
         builder.add(node)
     options = ort.SessionOptions()
@@ -337,7 +339,7 @@ def test_integer_grams_are_exact_at_the_extremes_of_the_uint8_range(low: float, 
     node = next(n for n in model.graph.node if n.name == "c")
     largest = max(int(encoding.zero_point), 255 - int(encoding.zero_point)) ** 2
     for rows_per_image, integer in [(64, True), (2**31 // (4 * largest) + 1, False)]:
-        builder = hessian_module._Builder(model, {"c": hessian_module._Sampling(1, 6, rows_per_image)}, 4)
+        builder = HessianGraph(model, {"c": Sampling(1, 6, rows_per_image)}, 4)
         builder.add(node)
         assert any(n.op_type == "MatMulInteger" for n in builder.model.graph.node) == integer
 
@@ -369,7 +371,7 @@ def test_hessians_sample_positions_of_large_layers_and_images_of_small_ones() ->
 def test_blocked_gram_equals_the_whole_one(block: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """A dense layer's Gram computed as the blocks on and above the diagonal (halves down to fewer than 2·``block``
     columns) and mirrored is the Gram of its rows, in float and from integers."""
-    monkeypatch.setattr(hessian_module, "GRAM_BLOCK", block)
+    monkeypatch.setattr(hessian_graph, "GRAM_BLOCK", block)
     x = RNG.normal(0.5, 1, (5, 3, 9, 9)).astype(np.float32)
     model = conv_model(RNG.normal(0, 1, (4, 3, 3, 3)).astype(np.float32), 1, 1, (1, 1, 1, 1), 1, None)
     rows = reference_patches(x, 1, 3, 1, (1, 1, 1, 1), 1)
