@@ -6,9 +6,9 @@ extracted by a Conv with one-hot kernels (``group`` = input channels, one output
 layer's own strides, pads and dilations), or the input itself reshaped for a 1×1 stride-1 convolution.
 - Dense convolutions reading a dequantized uint8 tensor (every one in the int8 model but the first): the patches'
   integers q, as (K, rows) and (rows, K), go through MatMulInteger with the zero point z, which gives
-  Σ(q − z)(q − z)ᵀ exactly in int32 where one batch cannot overflow it, and faster than a float32 GEMM (1.2–1.7×
-  here); the scale² multiplies the accumulated sums. A k×k layer's patches are im2col'd in float and quantized
-  back, exactly, with the input's own scale and zero point.
+  Σ(q − z)(q − z)ᵀ exactly in int32 where one batch cannot overflow it, and faster than a float32 GEMM
+  (results/experiments/gptq_speed.md); the scale² multiplies the accumulated sums. A k×k layer's patches are
+  im2col'd in float and quantized back, exactly, with the input's own scale and zero point.
 - Other grouped and dense layers: the float patches are laid out (groups, K, N·rows) and multiplied with their
   transpose, one batched GEMM per layer and batch.
 - One group's Gram of 512 columns or more is computed by halves, as blocks on and above the diagonal only.
@@ -30,7 +30,7 @@ from calibration.graph.index import GraphIndex, attribute, conv_group
 from workload.errors import CalibrationError
 
 # One group's Gram of at least twice this many columns is computed by halves, upper triangle only
-# (``gram_blocks``): smaller diagonal blocks ran the integer GEMM at half its speed.
+# (``gram_blocks``): much smaller blocks run the integer GEMM slower (results/experiments/gptq_speed.md).
 GRAM_BLOCK = 256
 INT64_MAX = np.iinfo(np.int64).max
 
@@ -117,9 +117,8 @@ class HessianGraph:
         self.model.graph.node.append(helper.make_node(op, inputs, [output], name=output, **attributes))
         return output
 
-    def _reduce_sum(self, data: str, axes: list[int], output: str) -> str:
-        return self._node("ReduceSum", [data, self._constant(f"{output}.axes", np.array(axes, np.int64))], output,
-                          keepdims=0)
+    def _reduce_sum(self, data: str, axes: list[int], output: str, keepdims: bool = False) -> str:
+        return self._node("ReduceSum", [data, self._ints(f"{output}.axes", axes)], output, keepdims=int(keepdims))
 
     def _ints(self, name: str, values: list[int]) -> str:
         return self._constant(name, np.array(values, np.int64))
@@ -145,7 +144,7 @@ class HessianGraph:
         transposed = self._node("Transpose", [planes], f"{prefix}.planes_t", perm=[0, 1, 3, 2])
         per_image = self._node("MatMul", [planes, transposed], f"{prefix}.per_image_gram")  # (N, C, K, K)
         gram = self._reduce_sum(per_image, [0], f"{prefix}.gram")
-        # Summing the contiguous last axis first: one ReduceSum over axes (0, 2, 3) cost 3.6 ms per MobileNetV2 image.
+        # The contiguous last axis first: one ReduceSum over axes (0, 2, 3) was slower.
         per_image_sum = self._reduce_sum(planes, [3], f"{prefix}.per_image_sum")
         total = self._reduce_sum(per_image_sum, [0], f"{prefix}.sum")
         return self._outputs(gram, total, planes, (0, 3))
@@ -247,8 +246,7 @@ class HessianGraph:
                       rows[0], columns[0]) for rows, columns in gram_blocks(0, k))
         flat = self._node("Reshape", [values, self._ints(f"{prefix}.values_shape", [0, k, -1])], f"{prefix}.values")
         per_image_sum = self._reduce_sum(flat, [2], f"{prefix}.per_image_sum")  # (N, K)
-        total = self._node("ReduceSum", [per_image_sum, self._ints(f"{prefix}.sum_axes", [0])], f"{prefix}.sum",
-                           keepdims=1)  # (1, K)
+        total = self._reduce_sum(per_image_sum, [0], f"{prefix}.sum", keepdims=True)  # (1, K)
         return self._outputs(gram, total, rows_first, (0,), x.scale**2)
 
     def _slice(self, data: str, span: tuple[int, int], axis: int, size: int, prefix: str) -> str:
