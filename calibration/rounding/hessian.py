@@ -77,8 +77,9 @@ def _sampling(index: GraphIndex, layers: list[onnx.NodeProto], images: np.ndarra
             output_rows = int(np.prod(sizes[node.output[0]]))
             step = row_stride(output_rows) if sample_rows and explicit_pads(node) is not None else 1
             rows = len(range(0, sizes[node.output[0]][0], step)) * len(range(0, sizes[node.output[0]][1], step))
+        input_size = sizes.get(node.input[0])
         if not sample_rows:
-            plan[node.name] = Sampling(1, len(images), rows)
+            plan[node.name] = Sampling(1, len(images), rows, input_size)
             continue
         columns = layer_columns(index, node) + 1
         count = len(images)
@@ -86,7 +87,7 @@ def _sampling(index: GraphIndex, layers: list[onnx.NodeProto], images: np.ndarra
             count = batch_size
             while count * rows < ROWS_PER_COLUMN * columns and count < len(images):
                 count *= 2
-        plan[node.name] = Sampling(step, min(count, len(images)), rows)
+        plan[node.name] = Sampling(step, min(count, len(images)), rows, input_size)
     return plan
 
 
@@ -119,7 +120,7 @@ def input_hessians(model: onnx.ModelProto, layer_names: Sequence[str], images: n
     grams: dict[str, np.ndarray] = {}
     sums: dict[str, np.ndarray] = {}
     rows: dict[str, int] = {}
-    gram_scales: dict[str, float] = {}
+    layouts: dict[str, HessianOutputs] = {}
     with tqdm(total=len(images), desc="gptq inputs", unit="img", disable=not show_progress) as progress:
         for start in range(0, len(images), batch_size):
             batch = np.ascontiguousarray(images[start : start + batch_size])
@@ -137,14 +138,16 @@ def input_hessians(model: onnx.ModelProto, layer_names: Sequence[str], images: n
                     grams[name] = np.zeros(values[out.total].shape + values[out.total].shape[-1:], np.float64)
                     sums[name] = np.zeros(values[out.total].shape, np.float64)
                     rows[name] = 0
-                    gram_scales[name] = out.gram_scale
+                    layouts[name] = out
                 for block, row, column in out.gram:
                     gram = values[block]  # (K, K) blocks broadcast over the one group
                     grams[name][..., row : row + gram.shape[-2], column : column + gram.shape[-1]] += gram
                 sums[name] += values[out.total]
-                rows[name] += int(np.prod(values[out.shape][list(out.row_axes)]))
+                rows[name] += out.rows(values[out.shape])
             progress.update(len(batch))
-    return {name: _augmented(grams[name] * gram_scales[name], sums[name], rows[name]) for name in grams}
+    # Each layer's sums are released as its H is made: a spatial Gram holds (C, H·W, H·W) of them.
+    return {name: _augmented(*layouts[name].hessian_parts(grams.pop(name), sums.pop(name)), rows[name])
+            for name in list(grams)}
 
 
 def _augmented(gram: np.ndarray, total: np.ndarray, rows: int) -> np.ndarray:

@@ -15,6 +15,11 @@ layer's own strides, pads and dilations), or the input itself reshaped for a 1×
 - Depthwise layers (one input channel per group) skip that transpose: the patch planes, (N, C, K, rows) as the
   im2col Conv writes them, are multiplied with themselves per image and channel, one batched GEMM, and a
   ReduceSum adds the images.
+- Depthwise layers on small inputs (7×7 with a 5×5 kernel) skip the patches: each channel's spatial Gram
+  Σₙ xₙxₙᵀ over its H·W input positions is one batched GEMM with the images as the inner dimension, and every
+  tap pair's entry of H is a sum of its entries, taken once after the pass (``TapReads``). Where its (H·W)²
+  entries are at most 3× the K·rows values of the patches, it does far fewer multiplications than their K²·rows
+  and writes no patches (results/experiments/gptq_speed.md).
 The float patches' sum over rows gives the bias column. Only the Gram matrices and sums leave ORT.
 """
 
@@ -32,6 +37,11 @@ from workload.errors import CalibrationError
 # One group's Gram of at least twice this many columns is computed by halves, upper triangle only
 # (``gram_blocks``): much smaller blocks run the integer GEMM slower (results/experiments/gptq_speed.md).
 GRAM_BLOCK = 256
+# A depthwise layer takes the spatial Gram where its (H·W)² entries per channel are at most this many times its
+# patches' K·rows values per image, and the (C, H·W, H·W) float64 sums stay within SPATIAL_GRAM_ENTRIES entries
+# (64 MB).
+SPATIAL_GRAM_RATIO = 3
+SPATIAL_GRAM_ENTRIES = 8 * 2**20
 INT64_MAX = np.iinfo(np.int64).max
 
 
@@ -44,6 +54,63 @@ class HessianOutputs:
     shape: str  # int64: the shape of the tensor whose ``row_axes`` count the batch's rows
     row_axes: tuple[int, ...]
     gram_scale: float = 1.0  # the Gram's factor: s² for integer Grams Σ(q − z)(q − z)ᵀ, accumulated exactly
+    taps: TapReads | None = None  # set where the Gram is spatial (C, H·W, H·W) and the sum (C, H·W)
+
+    def rows(self, shape: np.ndarray) -> int:
+        """The batch's rows, from the value of the ``shape`` output."""
+        return int(np.prod(shape[list(self.row_axes)])) * (1 if self.taps is None else self.taps.reads.shape[1])
+
+    def hessian_parts(self, gram: np.ndarray, total: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The (groups, K, K) Gram and (groups, K) sum from the accumulated outputs (scaled in place)."""
+        if self.gram_scale != 1.0:
+            gram *= self.gram_scale
+        return (gram, total) if self.taps is None else self.taps.project(gram, total)
+
+
+@dataclass(frozen=True)
+class TapReads:
+    """The input position each tap of a layer reads at each output position its Hessian sees, (K, P) indices into
+    the H·W positions, ``positions`` (= H·W) where the tap reads the padding."""
+
+    reads: np.ndarray
+    positions: int
+
+    @classmethod
+    def of(cls, node: onnx.NodeProto, size: tuple[int, int], kernel: tuple[int, int], step: int) -> TapReads:
+        """The taps of Conv ``node`` on inputs of ``size`` (H, W), with every ``step``-th output position."""
+        pads = explicit_pads(node)
+        if pads is None:
+            raise CalibrationError(f"Conv '{node.name}': the tap positions need explicit pads")
+        strides = attribute(node, "strides", [1, 1])
+        dilations = attribute(node, "dilations", [1, 1])
+        axes = []
+        for axis in range(2):
+            span = dilations[axis] * (kernel[axis] - 1) + 1
+            stride = strides[axis] * step
+            outputs = np.arange((size[axis] + pads[axis] + pads[axis + 2] - span) // stride + 1) * stride
+            read = outputs[None, :] + np.arange(kernel[axis])[:, None] * dilations[axis] - pads[axis]  # (taps, out)
+            axes.append(np.where((read >= 0) & (read < size[axis]), read, -1))
+        rows, columns = axes
+        positions = size[0] * size[1]
+        inside = (rows[:, None, :, None] >= 0) & (columns[None, :, None, :] >= 0)
+        reads = np.where(inside, rows[:, None, :, None] * size[1] + columns[None, :, None, :], positions)
+        return cls(reads.reshape(kernel[0] * kernel[1], -1), positions)
+
+    def project(self, gram: np.ndarray, total: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """H's Gram and sum from the spatial ones: entry (i, j) is Σ over output positions p of
+        gram[reads[i, p], reads[j, p]], the padding reading zeros; one GEMM with the 0/1 matrix that counts the
+        positions at which each spatial pair meets each tap pair."""
+        k, positions = len(self.reads), self.positions
+        first, second = np.broadcast_arrays(self.reads[:, None, :], self.reads[None, :, :])  # (K, K, P)
+        taps = np.broadcast_to(np.arange(k * k).reshape(k, k, 1), first.shape)
+        inside = (first < positions) & (second < positions)
+        counts = np.zeros((positions * positions, k * k))
+        np.add.at(counts, (first[inside] * positions + second[inside], taps[inside]), 1.0)
+        hessian = (gram.reshape(len(gram), -1) @ counts).reshape(-1, k, k)
+        tap_counts = np.zeros((positions, k))
+        inside = self.reads < positions
+        np.add.at(tap_counts, (self.reads[inside], np.nonzero(inside)[0]), 1.0)
+        return hessian, total @ tap_counts
 
 
 @dataclass(frozen=True)
@@ -65,6 +132,7 @@ class Sampling:
     step: int
     images: int
     rows: int | None  # the rows per image it sees, where shape inference tells
+    input_size: tuple[int, int] | None = None  # the layer input's (H, W), where shape inference tells
 
 
 def one_hot_kernels(channels: int, kh: int, kw: int) -> np.ndarray:
@@ -102,6 +170,7 @@ class HessianGraph:
         del self.model.graph.output[:]
         self.steps = {name: plan.step for name, plan in sampling.items()}
         self.rows_per_image = {name: plan.rows for name, plan in sampling.items() if plan.rows is not None}
+        self.input_sizes = {name: plan.input_size for name, plan in sampling.items() if plan.input_size is not None}
         self.batch_size = batch_size
         self.slices: set[str] = set()
         self.opset = next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), 1)
@@ -124,7 +193,8 @@ class HessianGraph:
         return self._constant(name, np.array(values, np.int64))
 
     def _outputs(self, gram: str | tuple[tuple[str, int, int], ...], total: str, shaped: str,
-                 row_axes: tuple[int, ...], gram_scale: float | None = None) -> HessianOutputs:
+                 row_axes: tuple[int, ...], gram_scale: float | None = None,
+                 taps: TapReads | None = None) -> HessianOutputs:
         """Graph outputs for the Gram blocks (int32 where ``gram_scale`` is given, float otherwise), the sum and
         the row count."""
         blocks = ((gram, 0, 0),) if isinstance(gram, str) else gram
@@ -134,7 +204,16 @@ class HessianGraph:
                                         for name, _, _ in blocks])
         self.model.graph.output.extend([helper.make_tensor_value_info(total, TensorProto.FLOAT, None),
                                         helper.make_tensor_value_info(shape, TensorProto.INT64, None)])
-        return HessianOutputs(blocks, total, shape, row_axes, 1.0 if gram_scale is None else gram_scale)
+        return HessianOutputs(blocks, total, shape, row_axes, 1.0 if gram_scale is None else gram_scale, taps)
+
+    def _spatial_gram(self, prefix: str, x: str, channels: int, taps: TapReads) -> HessianOutputs:
+        """A depthwise layer's spatial Gram (C, H·W, H·W) over the batch, one GEMM per channel with the images as
+        the inner dimension, and its (C, H·W) sum; ``taps`` turns them into H after the pass."""
+        flat = self._node("Reshape", [x, self._ints(f"{prefix}.flat_shape", [0, channels, -1])], f"{prefix}.flat")
+        positions_first = self._node("Transpose", [flat], f"{prefix}.positions", perm=[1, 2, 0])  # (C, H·W, N)
+        images_first = self._node("Transpose", [flat], f"{prefix}.images", perm=[1, 0, 2])  # (C, N, H·W)
+        gram = self._node("MatMul", [positions_first, images_first], f"{prefix}.gram")
+        return self._outputs(gram, self._reduce_sum(flat, [0], f"{prefix}.sum"), flat, (0,), taps=taps)
 
     def _depthwise(self, prefix: str, patches: str, channels: int, k: int) -> HessianOutputs:
         """Gram matrices of a depthwise layer from its patch planes (N, C·K, Ho, Wo): one small GEMM per image and
@@ -202,6 +281,13 @@ class HessianGraph:
         step = self.steps[node.name]
         pointwise = is_pointwise(node, kh, kw)
         x = self._input(node.input[0], prefix, step if pointwise else 1)
+        size = self.input_sizes.get(node.name)
+        if weight.shape[1] == 1 and size is not None and explicit_pads(node) is not None:
+            taps = TapReads.of(node, size, (kh, kw), step)
+            positions = size[0] * size[1]
+            if (positions**2 <= SPATIAL_GRAM_RATIO * k * taps.reads.shape[1]
+                    and channels * positions**2 <= SPATIAL_GRAM_ENTRIES):
+                return self._spatial_gram(prefix, x.values, channels, taps)
         source = x.values
         if not pointwise:
             attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute

@@ -80,12 +80,17 @@ def conv_model(w: np.ndarray, group: int, stride: int, pads: tuple[int, ...], di
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-@pytest.mark.parametrize(("group", "kernel", "stride", "pads", "dilation", "auto_pad"), CONVOLUTIONS)
+@pytest.mark.parametrize(("group", "kernel", "stride", "pads", "dilation", "auto_pad", "spatial"),
+                         [(*c, True) for c in CONVOLUTIONS]  # depthwise with explicit pads: both forms
+                         + [(*c, False) for c in CONVOLUTIONS if c[0] == 6 and c[-1] is None])
 def test_in_graph_hessian_is_the_gram_of_the_im2col_rows(group: int, kernel: int, stride: int,
                                                          pads: tuple[int, ...], dilation: int,
-                                                         auto_pad: str | None) -> None:
+                                                         auto_pad: str | None, spatial: bool,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """The reference rows times the weight are ORT's convolution, and the Hessian computed inside ORT (over
-    batches) is their augmented Gram matrix, in float64, to 1e-5 relative."""
+    batches) is their augmented Gram matrix, in float64, to 1e-5 relative; depthwise layers with explicit pads
+    by both forms, from the patches and from the spatial Gram."""
+    monkeypatch.setattr(hessian_graph, "SPATIAL_GRAM_RATIO", 10**6 if spatial else 0)
     channels, out_channels = 6, 6
     x = RNG.normal(0.5, 1, (5, channels, 9, 9)).astype(np.float32)
     w = RNG.normal(0, 1, (out_channels, channels // group, kernel, kernel)).astype(np.float32)
@@ -386,3 +391,17 @@ def test_blocked_gram_equals_the_whole_one(block: int, monkeypatch: pytest.Monke
     rows = np.concatenate([rows, np.ones((*rows.shape[:2], 1))], axis=2)
     integer = input_hessians(with_activation_qdq(model, {"x": encoding}), ["c"], x, 2, show_progress=False)["c"]
     np.testing.assert_allclose(integer, np.matmul(rows.transpose(0, 2, 1), rows), rtol=1e-6)
+
+
+def test_depthwise_layers_take_the_spatial_gram_where_it_is_smaller() -> None:
+    """A 5×5 depthwise layer on 7×7 inputs takes the spatial Gram (no patch Conv); the same layer on 14×14 inputs,
+    whose spatial Gram would have 8× as many entries as its patches per image, and one without known input sizes,
+    keep the patches."""
+    model = conv_model(RNG.normal(0, 1, (6, 1, 5, 5)).astype(np.float32), 6, 1, (2, 2, 2, 2), 1, None)
+    node = model.graph.node[0]
+    for size, spatial in [((7, 7), True), ((14, 14), False), (None, False)]:
+        rows = None if size is None else size[0] * size[1]
+        builder = HessianGraph(model, {"c": Sampling(1, 4, rows, size)}, 4)
+        outputs = builder.add(node)
+        im2col = [n for n in builder.model.graph.node if n.name.endswith(".im2col")]
+        assert (outputs.taps is not None, not im2col) == (spatial, spatial), size
