@@ -80,38 +80,46 @@ def with_statistics_outputs(model: onnx.ModelProto, tensors: Sequence[str],
     return copy
 
 
-def channel_abs_max_name(tensor: str) -> str:
-    return f"{tensor}.channel_abs_max"
+def channel_extrema_names(tensor: str) -> tuple[str, str]:
+    """The per-image, per-channel minimum and maximum that ``with_channel_extrema_outputs`` adds."""
+    return f"{tensor}.channel_min", f"{tensor}.channel_max"
 
 
-def with_channel_abs_max_outputs(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
-    """A copy of ``model`` whose outputs are each tensor's per-image, per-channel (axis 1) max|x|, shape (N, C),
-    reduced inside ORT (exactly: a maximum does not round) right after the tensor's producer, so that no full
-    activation is copied out and each can be freed early."""
+def with_channel_extrema_outputs(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose outputs are each tensor's per-image, per-channel (axis 1) minimum and maximum,
+    shape (N, C), reduced inside ORT right after the tensor's producer, so that no full activation is copied out
+    and each can be freed early."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     opset = next((o.version for o in copy.opset_import if o.domain in ("", "ai.onnx")), 1)
     del copy.graph.output[:]
-    shape = "channel_abs_max.per_channel_shape"
+    shape = "channel_extrema.per_channel_shape"
     copy.graph.initializer.append(numpy_helper.from_array(np.array([0, 0, -1], np.int64), shape))
+    if opset >= 18:  # axes became an input in opset 18
+        copy.graph.initializer.append(numpy_helper.from_array(np.array([2], np.int64), "channel_extrema.axes"))
     wanted = set(tensors)
     nodes = list(copy.graph.node)
     del copy.graph.node[:]
+    produced = {i.name for i in copy.graph.input} & wanted
+    for tensor in sorted(produced):
+        _append_channel_extrema(copy, tensor, shape, opset)
     for node in nodes:
         copy.graph.node.append(node)
         for tensor in (t for t in node.output if t in wanted):
-            name = channel_abs_max_name(tensor)
-            magnitude, rows = f"{name}.abs", f"{name}.per_channel"
-            copy.graph.node.append(helper.make_node("Abs", [tensor], [magnitude]))
-            copy.graph.node.append(helper.make_node("Reshape", [magnitude, shape], [rows]))
-            if opset >= 18:  # axes became an input in opset 18
-                axes = f"{name}.axes"
-                copy.graph.initializer.append(numpy_helper.from_array(np.array([2], np.int64), axes))
-                copy.graph.node.append(helper.make_node("ReduceMax", [rows, axes], [name], keepdims=0))
-            else:
-                copy.graph.node.append(helper.make_node("ReduceMax", [rows], [name], axes=[2], keepdims=0))
-            copy.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", None]))
-    missing = wanted - {t for n in nodes for t in n.output}
+            _append_channel_extrema(copy, tensor, shape, opset)
+            produced.add(tensor)
+    missing = wanted - produced
     if missing:
         raise CalibrationError(f"no node produces '{sorted(missing)[0]}'")
     return copy
+
+
+def _append_channel_extrema(model: onnx.ModelProto, tensor: str, shape: str, opset: int) -> None:
+    rows = f"{tensor}.per_channel"
+    model.graph.node.append(helper.make_node("Reshape", [tensor, shape], [rows]))
+    for op, name in zip(("ReduceMin", "ReduceMax"), channel_extrema_names(tensor)):
+        if opset >= 18:
+            model.graph.node.append(helper.make_node(op, [rows, "channel_extrema.axes"], [name], keepdims=0))
+        else:
+            model.graph.node.append(helper.make_node(op, [rows], [name], axes=[2], keepdims=0))
+        model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", None]))

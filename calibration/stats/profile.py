@@ -17,13 +17,7 @@ import onnx
 from tqdm import tqdm
 
 from calibration.graph.index import input_name
-from calibration.graph.outputs import (
-    channel_abs_max_name,
-    statistics_names,
-    with_channel_abs_max_outputs,
-    with_outputs,
-    with_statistics_outputs,
-)
+from calibration.graph.outputs import statistics_names, with_outputs, with_statistics_outputs
 from calibration.graph.session import make_session
 
 log = logging.getLogger(__name__)
@@ -134,32 +128,3 @@ def profile_activations(model: onnx.ModelProto, tensors: Sequence[str], images: 
                 tensor_stats.update(values[low], values[high], values.get(sample))
             progress.update(len(batch))
     return stats
-
-
-@dataclass(frozen=True)
-class ChannelRanges:
-    """Per-channel (axis 1) max|x| of one tensor over the calibration images."""
-
-    mean_max: np.ndarray  # each image's own max, averaged over the images (like ``mean_minmax``)
-    maximum: np.ndarray  # the largest over all images
-
-
-def profile_channel_ranges(model: onnx.ModelProto, tensors: Sequence[str], images: np.ndarray,
-                           batch_size: int) -> dict[str, ChannelRanges]:
-    """Per-channel ranges of each tensor, in one streamed pass."""
-    tensors = list(dict.fromkeys(tensors))
-    if not tensors:
-        return {}
-    session = make_session(with_channel_abs_max_outputs(model, tensors), optimize=True)
-    feed = input_name(model)
-    names = [channel_abs_max_name(t) for t in tensors]
-    sums: dict[str, np.ndarray] = {}
-    maxima: dict[str, np.ndarray] = {}
-    for start in range(0, len(images), batch_size):
-        batch = np.ascontiguousarray(images[start : start + batch_size])
-        for name, per_image in zip(tensors, session.run(names, {feed: batch})):
-            total = per_image.sum(axis=0, dtype=np.float64)
-            sums[name] = sums[name] + total if name in sums else total
-            largest = per_image.max(axis=0).astype(np.float64)
-            maxima[name] = np.maximum(maxima[name], largest) if name in maxima else largest
-    return {name: ChannelRanges(sums[name] / len(images), maxima[name]) for name in tensors}

@@ -15,7 +15,7 @@ from calibration.graph.session import make_session, run_batches
 from calibration.quant.encodings import Encoding
 from calibration.quant.writer import write_qdq_model
 from calibration.steps.state import PipelineState, StepContext
-from calibration.steps.techniques import TECHNIQUES, check_techniques
+from calibration.steps.techniques import CHANNEL_STATS, TECHNIQUES, check_techniques
 from workload.config import TechniqueStep
 from workload.errors import CalibrationError
 
@@ -71,6 +71,8 @@ def run_steps(model: onnx.ModelProto, ctx: StepContext, cache: PrefixCache | Non
         state.report["steps"].append({"step": str(step), "seconds": round(seconds, 3), "float_drift": drift})
         if cache is not None and i <= profile_at:  # the steps after profile are each candidate's own
             cache.states[tuple(str(s) for s in steps[: i + 1])] = (state.branch(), drift, measured)
+        if cache is None and i == profile_at:  # no other candidate will read the per-image channel statistics
+            state.shared.pop(CHANNEL_STATS, None)
     return state
 
 

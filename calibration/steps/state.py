@@ -13,9 +13,23 @@ import onnx
 
 from calibration.quant.encodings import Encoding
 from calibration.quant.plan import QuantPlan
+from calibration.stats.channels import ChannelStats
 from calibration.stats.profile import TensorStats
 from calibration.transforms.fold import FoldedBN
 from workload.config import WorkloadConfig
+
+
+@dataclass(frozen=True)
+class ChannelView:
+    """Per-channel statistics that describe ``model``: ``stats`` (profiled on the model before CLE), with the
+    channels of each tensor in ``divisors`` divided by its scales (``EqualizationResult.divisors``)."""
+
+    model: onnx.ModelProto
+    stats: dict[str, ChannelStats]
+    divisors: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def tensor_stats(self, tensors: list[str]) -> dict[str, TensorStats]:
+        return {t: self.stats[t].tensor_stats(self.divisors.get(t)) for t in tensors}
 
 
 @dataclass
@@ -32,6 +46,9 @@ class PipelineState:
     # Results a later step may reuse, keyed by what they were computed from (GPTQ's Hessians: the model and
     # activation encodings objects they came from). Branches of one state share this dict, not a copy.
     shared: dict[str, Any] = field(default_factory=dict)
+    # CLE's per-channel statistics of the calibration images, as they describe the model CLE wrote: ``profile``
+    # takes its statistics from them while ``model`` is still that model.
+    channels: ChannelView | None = None
 
     def branch(self) -> PipelineState:
         """A copy that later steps may change without touching this state: steps replace the model, the

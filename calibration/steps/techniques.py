@@ -11,9 +11,10 @@ from calibration.quant.encodings import activation_encoding
 from calibration.quant.plan import plan_quantization
 from calibration.rounding.bias_correction import correct_biases
 from calibration.rounding.gptq import layer_hessians, round_weights
-from calibration.stats.profile import profile_activations, profile_channel_ranges
+from calibration.stats.channels import ChannelStats, channel_ranges, profile_channels
+from calibration.stats.profile import profile_activations
 from calibration.stats.ranges import HISTOGRAM_METHODS, choose_range
-from calibration.steps.state import PipelineState, Step, StepContext
+from calibration.steps.state import ChannelView, PipelineState, Step, StepContext
 from calibration.transforms.cle.driver import equalize
 from calibration.transforms.cle.sets import link_tensors
 from calibration.transforms.fold import fold_batch_norms
@@ -22,6 +23,10 @@ from calibration.transforms.relu6 import relu6_to_relu
 from workload.config import TechniqueStep
 from workload.errors import CalibrationError, WorkloadError
 
+# ``PipelineState.shared`` key of the per-channel statistics of the calibration images (the model they were
+# profiled on, and the statistics): the search's CLE variants from one folded model share them.
+CHANNEL_STATS = "channel_stats"
+
 
 def step_fold_bn(state: PipelineState, _ctx: StepContext, _option: str | None) -> None:
     state.model, folded, skipped = fold_batch_norms(state.model)
@@ -29,12 +34,34 @@ def step_fold_bn(state: PipelineState, _ctx: StepContext, _option: str | None) -
     state.report["fold_bn"] = {"folded": [f.layer for f in folded], "skipped": skipped}
 
 
+def _channel_stats(state: PipelineState, ctx: StepContext, tensors: list[str], share: bool) -> dict[str, ChannelStats]:
+    """Per-channel statistics of ``tensors`` in ``state.model``: the shared ones where they cover them, else from
+    a pass, then shared if ``share`` or if nothing is yet."""
+    source, stats = state.shared.get(CHANNEL_STATS, (None, {}))
+    if source is state.model and all(t in stats for t in tensors):
+        return stats
+    stats = profile_channels(state.model, tensors, ctx.calibration_images, ctx.config.calibration.batch_size,
+                             ctx.show_progress)
+    if share or CHANNEL_STATS not in state.shared:
+        state.shared[CHANNEL_STATS] = (state.model, stats)
+    return stats
+
+
 def step_profile(state: PipelineState, ctx: StepContext, _option: str | None) -> None:
+    """Per-tensor statistics of the calibration images. ``minmax`` and ``mean_minmax`` take them from per-channel
+    ones: CLE's, where it ran just before (no second pass), or a pass of their own that the search's later
+    candidates on the same model share; the histogram methods take one pass of ``profile_activations``."""
     cal = ctx.config.calibration
     state.plan = plan_quantization(state.model)
-    bins = cal.histogram_bins if cal.range in HISTOGRAM_METHODS else None
-    state.stats = profile_activations(state.model, [*state.plan.activations, *state.plan.outputs],
-                                      ctx.calibration_images, cal.batch_size, bins, ctx.show_progress)
+    tensors = [*state.plan.activations, *state.plan.outputs]
+    view, state.channels = state.channels, None
+    if cal.range in HISTOGRAM_METHODS:
+        state.stats = profile_activations(state.model, tensors, ctx.calibration_images, cal.batch_size,
+                                          cal.histogram_bins, ctx.show_progress)
+    else:
+        if view is None or view.model is not state.model or any(t not in view.stats for t in tensors):
+            view = ChannelView(state.model, _channel_stats(state, ctx, tensors, share=False))
+        state.stats = view.tensor_stats(tensors)
     upper_bounds = {out: bound for out, bound in state.plan.fused.values()}
     encodings = {}
     for name, stats in state.stats.items():
@@ -93,18 +120,24 @@ def step_cle(state: PipelineState, ctx: StepContext, option: str | None) -> None
     and the ``_fused`` forms limit the scales so that the int8 clamp covers every ReLU6 bound."""
     aware = option in ("activation_aware", "activation_aware_fused")
     fused = option in ("fused", "activation_aware_fused")
-    channel_ranges = None
-    if aware or fused:
-        # Branches of one state (the search's CLE variants after fold_bn) share its channel ranges.
-        source, channel_ranges = state.shared.get("cle_channel_ranges", (None, None))
-        if source is not state.model:
-            channel_ranges = profile_channel_ranges(state.model, link_tensors(state.model), ctx.calibration_images,
-                                                    ctx.config.calibration.batch_size)
-            state.shared["cle_channel_ranges"] = (state.model, channel_ranges)
+    # The per-channel statistics CLE's fits need also give profile's, where its range method needs no histogram.
+    derived = ctx.config.calibration.range not in HISTOGRAM_METHODS
+    stats = None
+    if aware or fused or derived:
+        tensors = link_tensors(state.model)
+        if derived:
+            try:
+                plan = plan_quantization(state.model)
+                tensors += [*plan.activations, *plan.outputs]
+            except CalibrationError:  # profile says why
+                derived = False
+        stats = _channel_stats(state, ctx, tensors, share=True)
     relu6 = "skip" if option == "skip_relu6" else "fused" if fused else "exact"
     result = equalize(state.model, state.folded, relu6=relu6, iterate=option == "iterate",
-                      channel_ranges=channel_ranges, activation_aware=aware)
+                      channel_ranges=channel_ranges(stats) if stats is not None and (aware or fused) else None,
+                      activation_aware=aware)
     state.model, state.folded = result.model, result.folded
+    state.channels = ChannelView(result.model, stats, result.divisors) if stats is not None and derived else None
     state.report["cle"] = result.report
 
 

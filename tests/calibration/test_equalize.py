@@ -10,8 +10,10 @@ from onnx import TensorProto, helper, numpy_helper
 from calibration.graph.index import GraphIndex
 from calibration.graph.outputs import with_outputs
 from calibration.graph.session import make_session
+from calibration.quant.plan import plan_quantization
 from calibration.source.models.builder import GraphBuilder
-from calibration.stats.profile import profile_channel_ranges
+from calibration.stats.channels import channel_ranges, profile_channels
+from calibration.stats.profile import profile_activations
 from calibration.transforms.cle.driver import equalize
 from calibration.transforms.cle.scales import (
     MAX_LOG_SCALE,
@@ -70,11 +72,12 @@ def test_fold_and_cle_preserve_the_float_function(option: str):
     x = block_images()
     reference = _run(model, x)[0]
     assert _rel_err(_run(folded_model, x)[0], reference) < RTOL
-    channel_ranges = None
+    ranges = None
     if "aware" in option or "fused" in option:
-        channel_ranges = profile_channel_ranges(folded_model, link_tensors(folded_model), block_images(8, 2), 4)
+        stats = profile_channels(folded_model, link_tensors(folded_model), block_images(8, 2), 4, False)
+        ranges = channel_ranges(stats)
     relu6 = "skip" if option == "skip" else "fused" if "fused" in option else "exact"
-    result = equalize(folded_model, folded, relu6=relu6, iterate=option == "iterate", channel_ranges=channel_ranges,
+    result = equalize(folded_model, folded, relu6=relu6, iterate=option == "iterate", channel_ranges=ranges,
                       activation_aware="aware" in option)
     assert _rel_err(_run(result.model, x)[0], reference) < RTOL
     assert result.report["sets"], "nothing was scaled"
@@ -314,3 +317,27 @@ def test_high_bias_absorption_skips_layers_that_zero_pad_their_input():
     assert absorbed == [("c3", "c4")]  # into a 1×1 conv with no activation between: all of β, exactly
     x = block_images()
     assert _rel_err(_run(result.model, x)[0], _run(folded_model, x)[0]) < RTOL
+
+
+@pytest.mark.parametrize("option", ["exact", "skip", "iterate", "activation_aware_fused"])
+def test_profile_statistics_follow_from_the_channel_statistics_before_cle(option: str):
+    """Every tensor profile quantizes, in the equalized model, has the statistics that the per-channel minima and
+    maxima of the folded model give with CLE's divisors: one pass serves both CLE and profile."""
+    _, folded_model, folded = _folded()
+    data = block_images(8, 5)
+    plan = plan_quantization(folded_model)
+    tensors = [*plan.activations, *plan.outputs]
+    before = profile_channels(folded_model, [*tensors, *link_tensors(folded_model)], data, 4, False)
+    relu6 = "skip" if option == "skip" else "fused" if "fused" in option else "exact"
+    result = equalize(folded_model, folded, relu6=relu6, iterate=option == "iterate",
+                      channel_ranges=channel_ranges(before), activation_aware="aware" in option)
+    assert result.divisors and all(np.any(d != 1.0) for d in result.divisors.values())
+    assert set(result.divisors) <= set(tensors) | {t for n in folded_model.graph.node for t in n.output}
+    equalized_plan = plan_quantization(result.model)
+    assert [*equalized_plan.activations, *equalized_plan.outputs] == tensors
+    direct = profile_activations(result.model, tensors, data, 4, None, False)
+    for name in tensors:
+        derived = before[name].tensor_stats(result.divisors.get(name))
+        got = [derived.minimum, derived.maximum, derived.mean_min, derived.mean_max]
+        expected = [direct[name].minimum, direct[name].maximum, direct[name].mean_min, direct[name].mean_max]
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6, err_msg=name)

@@ -15,7 +15,8 @@ from calibration.graph.session import make_session
 from calibration.quant.encodings import activation_encoding
 from calibration.quant.plan import plan_quantization
 from calibration.quant.writer import write_qdq_model
-from calibration.stats.profile import profile_activations, profile_channel_ranges
+from calibration.stats.channels import channel_ranges, profile_channels
+from calibration.stats.profile import profile_activations
 from calibration.stats.ranges import choose_range
 from calibration.transforms.cle.driver import equalize
 from calibration.transforms.cle.sets import link_tensors
@@ -78,7 +79,7 @@ def test_fused_relu6_needs_no_min_in_the_int8_model():
     int8 range profiled on the same images, so the writer drops every Min and all layers fuse."""
     folded_model, folded, _ = fold_batch_norms(mobile_block_model())
     images = block_images(8, 3)
-    ranges = profile_channel_ranges(folded_model, link_tensors(folded_model), images, 4)
+    ranges = channel_ranges(profile_channels(folded_model, link_tensors(folded_model), images, 4, False))
     stats = {f.layer: f for f in folded}
     exact = equalize(folded_model, stats, channel_ranges=ranges).model
     fused = equalize(folded_model, stats, relu6="fused", channel_ranges=ranges).model

@@ -80,7 +80,7 @@ def test_candidates_from_the_prefix_cache_equal_fresh_runs(monkeypatch: pytest.M
     model = bn_model()
     calls = {"hessians": 0, "profile": 0}
     techniques_module = calibration.steps.techniques
-    real_hessians, real_profile = techniques_module.layer_hessians, techniques_module.profile_activations
+    real_hessians, real_profile = techniques_module.layer_hessians, techniques_module.profile_channels
 
     def counting(name, real):
         def wrapped(*args, **kwargs):
@@ -89,7 +89,7 @@ def test_candidates_from_the_prefix_cache_equal_fresh_runs(monkeypatch: pytest.M
         return wrapped
 
     monkeypatch.setattr(techniques_module, "layer_hessians", counting("hessians", real_hessians))
-    monkeypatch.setattr(techniques_module, "profile_activations", counting("profile", real_profile))
+    monkeypatch.setattr(techniques_module, "profile_channels", counting("profile", real_profile))
     cache = PrefixCache()
     lists = ["fold_bn,cle,profile", "fold_bn,cle,profile,gptq", "fold_bn,cle,profile,gptq:act_order",
              "fold_bn,cle,profile,bias_correction"]
@@ -123,21 +123,23 @@ def test_gptq_falls_back_to_the_best_first_stage_stem(monkeypatch: pytest.Monkey
                           f"{stage_one.label}+GPTQ(act-order)"]
 
 
-def test_cle_variants_after_one_fold_share_its_channel_ranges(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The activation-aware CLE variants run from one cached fold_bn state profile its channel ranges once, and
-    each writes the model it writes alone."""
+def test_cle_variants_after_one_fold_share_its_channel_statistics(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLE variants run from one cached fold_bn state profile its channels once, profile takes CLE's statistics
+    (a pass of its own only after high-bias absorption, which they do not describe), and each list writes the
+    model it writes alone."""
     data = images(24)
     model = bn_model()
     techniques_module = calibration.steps.techniques
-    real = techniques_module.profile_channel_ranges
+    real = techniques_module.profile_channels
     calls = []
-    monkeypatch.setattr(techniques_module, "profile_channel_ranges",
+    monkeypatch.setattr(techniques_module, "profile_channels",
                         lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
     cache = PrefixCache()
-    lists = ["fold_bn,cle:activation_aware,high_bias_absorption,profile", "fold_bn,cle:activation_aware_fused,profile"]
+    lists = ["fold_bn,cle:activation_aware,high_bias_absorption,profile", "fold_bn,cle:activation_aware_fused,profile",
+             "fold_bn,cle,profile"]
     cached = [run_steps(model, StepContext(config_with(t), data, False), cache) for t in lists]
-    assert len(calls) == 1
+    assert len(calls) == 2
     for techniques, state in zip(lists, cached):
         fresh = run_steps(model, StepContext(config_with(techniques), data, False))
         assert write_int8(state, False)[0].SerializeToString() == write_int8(fresh, False)[0].SerializeToString()
-    assert len(calls) == 1 + len(lists)
+    assert len(calls) == 2 + 2 + 1 + 1

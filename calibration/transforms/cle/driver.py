@@ -32,7 +32,7 @@ from typing import Literal
 import numpy as np
 import onnx
 
-from calibration.stats.profile import ChannelRanges
+from calibration.stats.channels import ChannelRanges
 from calibration.transforms.cle.scales import (
     activation_aware_scales,
     fusable_scales,
@@ -172,7 +172,8 @@ def equalize(model: onnx.ModelProto, folded: dict[str, FoldedBN], relu6: Relu6Mo
             for tensor, b in ws.bounds.items()},
     }
     log.info("CLE: %d sets scaled, %d skipped, %d pass(es)", len(active), len(skipped), passes)
-    return EqualizationResult(ws.write_back(active), new_folded, report)
+    divisors = ws.divisors(active)  # before write_back replaces Clips (their outputs keep their names)
+    return EqualizationResult(ws.write_back(active), new_folded, report, divisors)
 
 
 # ---------------------------------------------------------------------------------------------

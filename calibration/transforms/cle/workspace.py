@@ -90,6 +90,17 @@ class Workspace:
             layer.bias = np.zeros(layer.weight.shape[0])
         return layer
 
+    def divisors(self, sets: list[CleSet]) -> dict[str, np.ndarray]:
+        """The tensors between the layers of ``sets`` and the per-channel scales their values were divided by."""
+        outputs = {n.name: n.output[0] for n in self.model.graph.node}
+        divided = {}
+        for cle_set in sets:
+            for first, link in zip(cle_set.layers, cle_set.links):
+                divisor = self.layers[first].out_scale.copy()
+                for tensor in (self.layers[first].node.output[0], *(outputs[n] for n in link.nodes)):
+                    divided[tensor] = divisor
+        return divided
+
     def write_back(self, sets: list[CleSet]) -> onnx.ModelProto:
         for layer in self.layers.values():
             self.index.set_constant(layer.node.input[1], layer.weight.astype(np.float32))
@@ -131,3 +142,6 @@ class EqualizationResult:
     model: onnx.ModelProto
     folded: dict[str, FoldedBN]
     report: dict
+    # Each tensor whose channels the scaling divided (a scaled layer's output and its activation's outputs, under
+    # the same names), and by what; every other tensor keeps its values.
+    divisors: dict[str, np.ndarray] = field(default_factory=dict)
