@@ -120,18 +120,20 @@ def step_cle(state: PipelineState, ctx: StepContext, option: str | None) -> None
     and the ``_fused`` forms limit the scales so that the int8 clamp covers every ReLU6 bound."""
     aware = option in ("activation_aware", "activation_aware_fused")
     fused = option in ("fused", "activation_aware_fused")
-    # The per-channel statistics CLE's fits need also give profile's, where its range method needs no histogram.
-    derived = ctx.config.calibration.range not in HISTOGRAM_METHODS
-    stats = None
-    if aware or fused or derived:
-        tensors = link_tensors(state.model)
-        if derived:
-            try:
-                plan = plan_quantization(state.model)
-                tensors += [*plan.activations, *plan.outputs]
-            except CalibrationError:  # profile says why
-                derived = False
-        stats = _channel_stats(state, ctx, tensors, share=True)
+    # The per-channel statistics CLE's fits need also give profile's, where its range method needs no histogram
+    # and profile comes right after CLE (high-bias absorption would change the model in a way they do not
+    # describe); plain CLE takes a pass for them only then.
+    names = [s.name for s in ctx.config.calibration.techniques]
+    derived = (ctx.config.calibration.range not in HISTOGRAM_METHODS
+               and names[names.index("cle") + 1 : names.index("cle") + 2] == ["profile"])
+    tensors = link_tensors(state.model)
+    if ctx.config.calibration.range not in HISTOGRAM_METHODS:  # the search's later candidates may derive theirs
+        try:
+            plan = plan_quantization(state.model)
+            tensors += [*plan.activations, *plan.outputs]
+        except CalibrationError:  # profile says why
+            derived = False
+    stats = _channel_stats(state, ctx, tensors, share=True) if aware or fused or derived else None
     relu6 = "skip" if option == "skip_relu6" else "fused" if fused else "exact"
     result = equalize(state.model, state.folded, relu6=relu6, iterate=option == "iterate",
                       channel_ranges=channel_ranges(stats) if stats is not None and (aware or fused) else None,
