@@ -80,33 +80,33 @@ def with_statistics_outputs(model: onnx.ModelProto, tensors: Sequence[str],
     return copy
 
 
-def channel_extrema_names(tensor: str) -> tuple[str, str]:
-    """The per-image, per-channel minimum and maximum that ``with_channel_extrema_outputs`` adds."""
-    return f"{tensor}.channel_min", f"{tensor}.channel_max"
+def channel_reduction_name(tensor: str, op: str) -> str:
+    """The per-image, per-channel reduction ``op`` of ``tensor`` that ``with_channel_reductions`` adds."""
+    return f"{tensor}.channel_{op}"
 
 
-def with_channel_extrema_outputs(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
-    """A copy of ``model`` whose outputs are each tensor's per-image, per-channel (axis 1) minimum and maximum,
-    shape (N, C), reduced inside ORT right after the tensor's producer, so that no full activation is copied out
-    and each can be freed early."""
+def with_channel_reductions(model: onnx.ModelProto, tensors: Sequence[str], ops: Sequence[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose outputs are each tensor's per-image, per-channel (axis 1) reductions ``ops``
+    (ReduceMin, ReduceMax, ReduceMean), shape (N, C), computed inside ORT right after the tensor's producer, so
+    that no full activation is copied out and each can be freed early."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     opset = next((o.version for o in copy.opset_import if o.domain in ("", "ai.onnx")), 1)
     del copy.graph.output[:]
-    shape = "channel_extrema.per_channel_shape"
+    shape = "channel_reductions.per_channel_shape"
     copy.graph.initializer.append(numpy_helper.from_array(np.array([0, 0, -1], np.int64), shape))
     if opset >= 18:  # axes became an input in opset 18
-        copy.graph.initializer.append(numpy_helper.from_array(np.array([2], np.int64), "channel_extrema.axes"))
+        copy.graph.initializer.append(numpy_helper.from_array(np.array([2], np.int64), "channel_reductions.axes"))
     wanted = set(tensors)
     nodes = list(copy.graph.node)
     del copy.graph.node[:]
     produced = {i.name for i in copy.graph.input} & wanted
     for tensor in sorted(produced):
-        _append_channel_extrema(copy, tensor, shape, opset)
+        _append_channel_reductions(copy, tensor, shape, ops, opset)
     for node in nodes:
         copy.graph.node.append(node)
         for tensor in (t for t in node.output if t in wanted):
-            _append_channel_extrema(copy, tensor, shape, opset)
+            _append_channel_reductions(copy, tensor, shape, ops, opset)
             produced.add(tensor)
     missing = wanted - produced
     if missing:
@@ -114,12 +114,14 @@ def with_channel_extrema_outputs(model: onnx.ModelProto, tensors: Sequence[str])
     return copy
 
 
-def _append_channel_extrema(model: onnx.ModelProto, tensor: str, shape: str, opset: int) -> None:
+def _append_channel_reductions(model: onnx.ModelProto, tensor: str, shape: str, ops: Sequence[str],
+                               opset: int) -> None:
     rows = f"{tensor}.per_channel"
     model.graph.node.append(helper.make_node("Reshape", [tensor, shape], [rows]))
-    for op, name in zip(("ReduceMin", "ReduceMax"), channel_extrema_names(tensor)):
+    for op in ops:
+        name = channel_reduction_name(tensor, op)
         if opset >= 18:
-            model.graph.node.append(helper.make_node(op, [rows, "channel_extrema.axes"], [name], keepdims=0))
+            model.graph.node.append(helper.make_node(op, [rows, "channel_reductions.axes"], [name], keepdims=0))
         else:
             model.graph.node.append(helper.make_node(op, [rows], [name], axes=[2], keepdims=0))
         model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", None]))

@@ -37,7 +37,7 @@ import onnx
 from tqdm import tqdm
 
 from calibration.graph.index import GraphIndex, conv_group
-from calibration.graph.outputs import with_outputs
+from calibration.graph.outputs import channel_reduction_name, with_channel_reductions
 from calibration.graph.patterns import clip_bounds, weight_axis
 from calibration.graph.session import make_session
 from calibration.quant.simulate import quantized_weights, with_int8_weights
@@ -181,22 +181,20 @@ def expected_input(tensor: str, index: GraphIndex, folded: dict[str, FoldedBN]) 
 
 def float_channel_means(model: onnx.ModelProto, tensors: Sequence[str], images: np.ndarray,
                         rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Per-channel means of ``tensors`` over ``images`` (``images[rows]`` if given), streamed in batches."""
-    session = make_session(with_outputs(model, list(tensors)))
+    """Per-channel means of ``tensors`` over ``images`` (``images[rows]`` if given), streamed in batches: each
+    image's channel means are taken inside ORT (float32, right after each tensor's producer, so that no layer
+    output is copied out) and averaged over the images in float64."""
+    tensors = list(dict.fromkeys(tensors))
+    session = make_session(with_channel_reductions(model, tensors, ("ReduceMean",)), optimize=True)
     name = session.get_inputs()[0].name
+    names = [channel_reduction_name(t, "ReduceMean") for t in tensors]
     rows = np.arange(len(images)) if rows is None else rows
     sums: dict[str, np.ndarray] = {}
     for i in range(0, len(rows), BATCH_SIZE):
         batch = np.ascontiguousarray(images[rows[i:i + BATCH_SIZE]])
-        for tensor, value in zip(tensors, session.run(list(tensors), {name: batch})):
-            sums[tensor] = sums.get(tensor, 0.0) + _channel_means(value) * len(batch)
+        for tensor, per_image in zip(tensors, session.run(names, {name: batch})):
+            sums[tensor] = sums.get(tensor, 0.0) + per_image.sum(axis=0, dtype=np.float64)
     return {t: s / len(rows) for t, s in sums.items()}
-
-
-def _channel_means(values: np.ndarray) -> np.ndarray:
-    """Mean over every axis but the channel axis (1)."""
-    axes = tuple(i for i in range(values.ndim) if i != 1)
-    return values.mean(axis=axes, dtype=np.float64)  # accumulates in float64 without a float64 copy
 
 
 # ---------------------------------------------------------------- the correction

@@ -19,9 +19,11 @@ import onnx
 from tqdm import tqdm
 
 from calibration.graph.index import input_name
-from calibration.graph.outputs import channel_extrema_names, with_channel_extrema_outputs
+from calibration.graph.outputs import channel_reduction_name, with_channel_reductions
 from calibration.graph.session import make_session
 from calibration.stats.profile import TensorStats
+
+EXTREMA = ("ReduceMin", "ReduceMax")
 
 
 @dataclass(frozen=True)
@@ -67,9 +69,9 @@ def profile_channels(model: onnx.ModelProto, tensors: Sequence[str], images: np.
     tensors = list(dict.fromkeys(tensors))
     if not tensors:
         return {}
-    session = make_session(with_channel_extrema_outputs(model, tensors), optimize=True)
+    session = make_session(with_channel_reductions(model, tensors, EXTREMA), optimize=True)
     feed = input_name(model)
-    names = [name for t in tensors for name in channel_extrema_names(t)]
+    names = [channel_reduction_name(t, op) for t in tensors for op in EXTREMA]
     minima: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
     maxima: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
     with tqdm(total=len(images), desc="profile", unit="img", disable=not show_progress) as progress:
