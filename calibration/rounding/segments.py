@@ -28,7 +28,7 @@ from workload.errors import CalibrationError
 # Images per segment run. Every segment session stays alive until a checkpoint, each holding its batch's
 # activations: batches of 4 peaked lower and ran faster than 16 (results/experiments/bias_correction.md).
 BATCH_SIZE = 4
-CHECKPOINT_BYTES = 128 * 2**20  # live tensors kept for all images; measured peaks in results/experiments/
+CHECKPOINT_BYTES = 192 * 2**20  # live tensors kept for all images; measured peaks in results/experiments/
 
 
 def channel_sums(values: np.ndarray) -> np.ndarray:
