@@ -4,7 +4,7 @@ Candidates are scored on the calibration images only (they never see evaluation 
 labels): top-1 agreement of the int8 model (ORT_ENABLE_ALL, as deployed) with the float model,
 then logit SQNR as the tie-break. The search is staged to keep it affordable: first the
 combinations without bias correction (none, CLE, CLE+BA, activation-aware CLE+BA, activation-aware CLE
-with ReLU6 fused, ReLU6→ReLU + CLE+BA), then empirical bias correction on the best of those, and GPTQ
+with ReLU6 fused), then empirical bias correction on the best of those, and GPTQ
 weight rounding (both column orders) on the fused activation-aware CLE (on the best first-stage
 combination where that CLE cannot run). A candidate that cannot apply is recorded with its error.
 
@@ -83,14 +83,14 @@ def _steps(*names: str) -> tuple[TechniqueStep, ...]:
 
 
 def first_stage_candidates() -> dict[str, tuple[TechniqueStep, ...]]:
-    """Combinations without bias correction (the ReLU6 variants: exact per-channel bounds, replacement)."""
+    """Combinations without bias correction. ReLU6→ReLU + CLE+BA is not one: it changes the float function and
+    was never the best of these on MobileNetV2 or Lite0 (results/experiments/technique_search.md)."""
     return {
         "none": BASE + PROFILE,
         "CLE": BASE + _steps("cle") + PROFILE,
         "CLE+BA": BASE + _steps("cle", "high_bias_absorption") + PROFILE,
         "CLE(act-aware)+BA": BASE + _steps("cle:activation_aware", "high_bias_absorption") + PROFILE,
         FUSED_AWARE: BASE + _steps("cle:activation_aware_fused") + PROFILE,
-        "ReLU6→ReLU+CLE+BA": BASE + _steps("relu6_to_relu", "cle", "high_bias_absorption") + PROFILE,
     }
 
 

@@ -38,9 +38,9 @@ def test_auto_never_reads_labels_and_keeps_the_best(monkeypatch: pytest.MonkeyPa
     result = search_techniques(model, StepContext(config_with("auto"), data, False))
 
     labels = [s.label for s in result.scores]
-    assert labels[:6] == ["none", "CLE", "CLE+BA", "CLE(act-aware)+BA", "CLE(act-aware,fused)", "ReLU6→ReLU+CLE+BA"]
-    stage_one = max(result.scores[:6], key=lambda s: s.key)
-    assert labels[6:] == [f"{stage_one.label}+BC(empirical)", "CLE(act-aware,fused)+GPTQ",
+    assert labels[:5] == ["none", "CLE", "CLE+BA", "CLE(act-aware)+BA", "CLE(act-aware,fused)"]
+    stage_one = max(result.scores[:5], key=lambda s: s.key)
+    assert labels[5:] == [f"{stage_one.label}+BC(empirical)", "CLE(act-aware,fused)+GPTQ",
                           "CLE(act-aware,fused)+GPTQ(act-order)"]
     assert len(labels) == len(set(labels))
     assert result.best.key == max(s.key for s in result.scores)
@@ -118,8 +118,8 @@ def test_gptq_falls_back_to_the_best_first_stage_stem(monkeypatch: pytest.Monkey
     labels = [s.label for s in result.scores]
     fused = next(s for s in result.scores if s.label == "CLE(act-aware,fused)")
     assert "no ReLU6 to fuse" in fused.error
-    stage_one = max(result.scores[:6], key=lambda s: s.key)
-    assert labels[6:] == [f"{stage_one.label}+BC(empirical)", f"{stage_one.label}+GPTQ",
+    stage_one = max(result.scores[:5], key=lambda s: s.key)
+    assert labels[5:] == [f"{stage_one.label}+BC(empirical)", f"{stage_one.label}+GPTQ",
                           f"{stage_one.label}+GPTQ(act-order)"]
 
 
