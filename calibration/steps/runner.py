@@ -33,6 +33,7 @@ class PrefixCache:
     a branch of that prefix's state instead of running it again. The states hold their models."""
 
     states: dict[tuple[str, ...], tuple[PipelineState, float, onnx.ModelProto]] = field(default_factory=dict)
+    reference: np.ndarray | None = None  # the float model's logits on the drift probe's images
 
     def longest(self, steps: tuple[TechniqueStep, ...]) -> tuple[int, tuple[PipelineState, float, onnx.ModelProto]
                                                                    | None]:
@@ -49,7 +50,11 @@ def run_steps(model: onnx.ModelProto, ctx: StepContext, cache: PrefixCache | Non
     steps = ctx.config.calibration.techniques
     check_techniques(steps)
     probe = np.ascontiguousarray(ctx.calibration_images[:DRIFT_PROBE_IMAGES])
-    reference = run_batches(make_session(model), probe, DRIFT_PROBE_BATCH)
+    reference = cache.reference if cache is not None else None
+    if reference is None:
+        reference = run_batches(make_session(model), probe, DRIFT_PROBE_BATCH)
+        if cache is not None:
+            cache.reference = reference
     profile_at = [s.name for s in steps].index("profile")
     done, cached = cache.longest(steps) if cache is not None else (0, None)
     if cached is not None:
