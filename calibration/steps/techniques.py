@@ -124,7 +124,7 @@ def step_cle(state: PipelineState, ctx: StepContext, option: str | None) -> None
     # and profile comes right after CLE (high-bias absorption would change the model in a way they do not
     # describe); plain CLE takes a pass for them only then.
     names = [s.name for s in ctx.config.calibration.techniques]
-    derived = (ctx.config.calibration.range not in HISTOGRAM_METHODS
+    derived = (ctx.config.calibration.range not in HISTOGRAM_METHODS and "cle" in names
                and names[names.index("cle") + 1 : names.index("cle") + 2] == ["profile"])
     tensors = link_tensors(state.model)
     if ctx.config.calibration.range not in HISTOGRAM_METHODS:  # the search's later candidates may derive theirs
