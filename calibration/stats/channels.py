@@ -63,7 +63,7 @@ def channel_ranges(stats: dict[str, ChannelStats]) -> dict[str, ChannelRanges]:
 
 
 def profile_channels(model: onnx.ModelProto, tensors: Sequence[str], images: np.ndarray, batch_size: int,
-                     show_progress: bool = True) -> dict[str, ChannelStats]:
+                     show_progress: bool = True, desc: str = "profile") -> dict[str, ChannelStats]:
     """Each image's per-channel minimum and maximum of ``tensors`` over ``images``, reduced inside ORT (exactly:
     extrema do not round) and streamed batch by batch."""
     tensors = list(dict.fromkeys(tensors))
@@ -74,7 +74,7 @@ def profile_channels(model: onnx.ModelProto, tensors: Sequence[str], images: np.
     names = [channel_reduction_name(t, op) for t in tensors for op in EXTREMA]
     minima: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
     maxima: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
-    with tqdm(total=len(images), desc="profile", unit="img", disable=not show_progress) as progress:
+    with tqdm(total=len(images), desc=desc, unit="img", disable=not show_progress) as progress:
         for start in range(0, len(images), batch_size):
             batch = np.ascontiguousarray(images[start : start + batch_size])
             values = iter(session.run(names, {feed: batch}))

@@ -41,7 +41,7 @@ def _channel_stats(state: PipelineState, ctx: StepContext, tensors: list[str], s
     if source is state.model and all(t in stats for t in tensors):
         return stats
     stats = profile_channels(state.model, tensors, ctx.calibration_images, ctx.config.calibration.batch_size,
-                             ctx.show_progress)
+                             ctx.show_progress, "channel statistics" if share else "profile")
     if share or CHANNEL_STATS not in state.shared:
         state.shared[CHANNEL_STATS] = (state.model, stats)
     return stats
