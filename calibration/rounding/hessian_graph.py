@@ -76,11 +76,10 @@ class TapReads:
     positions: int
 
     @classmethod
-    def of(cls, node: onnx.NodeProto, size: tuple[int, int], kernel: tuple[int, int], step: int) -> TapReads:
-        """The taps of Conv ``node`` on inputs of ``size`` (H, W), with every ``step``-th output position."""
-        pads = explicit_pads(node)
-        if pads is None:
-            raise CalibrationError(f"Conv '{node.name}': the tap positions need explicit pads")
+    def of(cls, node: onnx.NodeProto, size: tuple[int, int], kernel: tuple[int, int], pads: list[int],
+           step: int) -> TapReads:
+        """The taps of Conv ``node`` (with its explicit ``pads``) on inputs of ``size`` (H, W), with every
+        ``step``-th output position."""
         strides = attribute(node, "strides", [1, 1])
         dilations = attribute(node, "dilations", [1, 1])
         axes = []
@@ -281,9 +280,9 @@ class HessianGraph:
         step = self.steps[node.name]
         pointwise = is_pointwise(node, kh, kw)
         x = self._input(node.input[0], prefix, step if pointwise else 1)
-        size = self.input_sizes.get(node.name)
-        if weight.shape[1] == 1 and size is not None and explicit_pads(node) is not None:
-            taps = TapReads.of(node, size, (kh, kw), step)
+        size, pads = self.input_sizes.get(node.name), explicit_pads(node)
+        if weight.shape[1] == 1 and size is not None and pads is not None:
+            taps = TapReads.of(node, size, (kh, kw), pads, step)
             positions = size[0] * size[1]
             if (positions**2 <= SPATIAL_GRAM_RATIO * k * taps.reads.shape[1]
                     and channels * positions**2 <= SPATIAL_GRAM_ENTRIES):

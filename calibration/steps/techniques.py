@@ -126,14 +126,16 @@ def step_cle(state: PipelineState, ctx: StepContext, option: str | None) -> None
     names = [s.name for s in ctx.config.calibration.techniques]
     derived = (ctx.config.calibration.range not in HISTOGRAM_METHODS and "cle" in names
                and names[names.index("cle") + 1 : names.index("cle") + 2] == ["profile"])
-    tensors = link_tensors(state.model)
-    if ctx.config.calibration.range not in HISTOGRAM_METHODS:  # the search's later candidates may derive theirs
-        try:
-            plan = plan_quantization(state.model)
-            tensors += [*plan.activations, *plan.outputs]
-        except CalibrationError:  # profile says why
-            derived = False
-    stats = _channel_stats(state, ctx, tensors, share=True) if aware or fused or derived else None
+    stats = None
+    if aware or fused or derived:
+        tensors = link_tensors(state.model)
+        if ctx.config.calibration.range not in HISTOGRAM_METHODS:  # the search's later candidates may derive theirs
+            try:
+                plan = plan_quantization(state.model)
+                tensors += [*plan.activations, *plan.outputs]
+            except CalibrationError:  # profile says why
+                derived = False
+        stats = _channel_stats(state, ctx, tensors, share=True)
     relu6 = "skip" if option == "skip_relu6" else "fused" if fused else "exact"
     result = equalize(state.model, state.folded, relu6=relu6, iterate=option == "iterate",
                       channel_ranges=channel_ranges(stats) if stats is not None and (aware or fused) else None,
